@@ -1,0 +1,27 @@
+"""Command-line entry point: ``python -m neuronbench <command> ...``.
+
+Commands are registered in ``COMMANDS`` (name -> ``"module:function"``); each function takes the
+remaining arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, str] = {
+    "zoo": "neuronbench.zoo.cli:main",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m neuronbench {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        return 2
+    module, function = COMMANDS[argv[0]].split(":")
+    return getattr(importlib.import_module(module), function)(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

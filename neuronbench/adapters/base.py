@@ -1,0 +1,190 @@
+"""The architecture adapter interface: where the neurons of a model family live.
+
+An adapter knows, for one family of Hugging Face models, the number of layers, the neuron width
+per layer, the default activation threshold τ, how to *read* every named activation of
+:mod:`neuronbench.names` with forward hooks, and how to *replace* chosen neurons (or attention
+heads) in the very tensor they were found in. Adding an architecture means adding one adapter
+module to :mod:`neuronbench.adapters` and registering it there.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from neuronbench.errors import AnalysisUnavailableError, CaptureError, LayerRangeError
+from neuronbench.names import act_name
+
+Sink = Callable[[str, torch.Tensor], None]
+"""Receives ``(activation name, tensor)`` from a capture hook."""
+
+TensorEdit = Callable[[torch.Tensor], torch.Tensor]
+"""Maps an activation tensor to its replacement (same shape)."""
+
+Extract = Callable[[tuple, object], dict[str, torch.Tensor]]
+"""Maps a hooked module's ``(positional inputs, output)`` to ``{kind: tensor}``."""
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A place to read activations: a module, and how its inputs/outputs give named kinds.
+
+    ``pre=True`` reads at a forward *pre*-hook (inputs only, output is ``None``). ``extract``
+    may return a subset of ``kinds`` (a tap that only records context returns ``{}``).
+    """
+
+    module: nn.Module
+    kinds: tuple[str, ...]
+    extract: Extract
+    pre: bool = False
+
+
+def weight_in_features(module: nn.Module) -> int:
+    """Input width of a projection: ``nn.Linear`` (weight ``[out, in]``) or GPT-2 ``Conv1D``
+    (weight ``[in, out]``)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if type(module).__name__ == "Conv1D":
+        return module.weight.shape[0]
+    raise CaptureError(f"cannot tell the input width of {type(module).__name__}")
+
+
+class ArchitectureAdapter(ABC):
+    """One model family's view of neurons, activations and ablation hooks."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    """``config.model_type`` values this adapter serves."""
+
+    default_threshold: ClassVar[float] = 0.0
+    """Default activation threshold τ: a neuron is active where ``a > τ``."""
+
+    has_ssm: ClassVar[bool] = False
+    """True for state-space models that expose Δ, B, C, x (hidden attention, Δ-sensitivity)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+
+    # -- structure -----------------------------------------------------------------------------
+    @abstractmethod
+    def blocks(self) -> Sequence[nn.Module]:
+        """The residual blocks, in order."""
+
+    @abstractmethod
+    def neuron_module(self, layer: int) -> nn.Module:
+        """The module whose first positional input is the neuron tensor of ``layer``."""
+
+    @abstractmethod
+    def taps(self, layer: int) -> list[Tap]:
+        """Every place to read activations of ``layer``."""
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks())
+
+    @property
+    def family(self) -> str:
+        return self.model_types[0]
+
+    def check_layer(self, layer: int) -> int:
+        """Return ``layer`` if valid, else raise :class:`LayerRangeError` naming the range."""
+        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise LayerRangeError(
+                f"layer {layer!r} is out of range for this {self.family} model: "
+                f"valid layers are 0..{self.num_layers - 1}"
+            )
+        return layer
+
+    def neuron_width(self, layer: int) -> int:
+        """Number of neurons in ``layer`` (input width of its output projection)."""
+        return weight_in_features(self.neuron_module(self.check_layer(layer)))
+
+    def available_kinds(self, layer: int) -> tuple[str, ...]:
+        """The activation kinds this adapter can capture at ``layer``."""
+        kinds = (kind for tap in self.taps(self.check_layer(layer)) for kind in tap.kinds)
+        return tuple(dict.fromkeys(kinds))
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def register_capture(self, layer: int, kinds: Iterable[str], sink: Sink) -> list[RemovableHandle]:
+        """Register hooks that send ``blocks.{layer}.{kind}`` tensors to ``sink`` on every
+        forward pass. Raises :class:`AnalysisUnavailableError` for a kind this model lacks."""
+        wanted = set(kinds)
+        missing = wanted - set(self.available_kinds(layer))
+        if missing:
+            raise AnalysisUnavailableError(
+                f"{self.family} models do not provide {sorted(missing)} "
+                f"(available at layer {layer}: {list(self.available_kinds(layer))})"
+            )
+        handles = []
+        for tap in self.taps(layer):
+            chosen = wanted.intersection(tap.kinds)
+            if chosen:
+                handles.append(self._register_tap(layer, tap, chosen, sink))
+        return handles
+
+    @staticmethod
+    def _register_tap(layer: int, tap: Tap, chosen: set[str], sink: Sink) -> RemovableHandle:
+        def emit(inputs: tuple, output: object) -> None:
+            produced = tap.extract(inputs, output)
+            for kind in chosen.intersection(produced):
+                sink(act_name(layer, kind), produced[kind])
+
+        if tap.pre:
+            return tap.module.register_forward_pre_hook(lambda _m, inputs: emit(inputs, None))
+        return tap.module.register_forward_hook(lambda _m, inputs, output: emit(inputs, output))
+
+    def register_neuron_edit(self, layer: int, edit: TensorEdit) -> RemovableHandle:
+        """Replace the neuron tensor of ``layer`` by ``edit(neurons)`` before the output
+        projection reads it. ``edit`` sees neurons in the last dimension (leading dimensions may
+        be flattened, as in OPT). Weights are untouched; remove the handle to restore the model."""
+        module = self.neuron_module(self.check_layer(layer))
+
+        def pre_hook(_module: nn.Module, inputs: tuple) -> tuple:
+            return (edit(inputs[0]), *inputs[1:])
+
+        return module.register_forward_pre_hook(pre_hook)
+
+    def register_head_edit(self, layer: int, edit: TensorEdit) -> RemovableHandle:
+        """Replace the per-head attention output ``[B, T, H, d_h]`` of ``layer`` by
+        ``edit(heads)``. For models whose attention units are neurons (Mamba channels) this is
+        :meth:`register_neuron_edit`."""
+        raise AnalysisUnavailableError(f"{self.family} models have no attention heads to edit")
+
+    # -- model calls ---------------------------------------------------------------------------
+    def forward_kwargs(self, kinds: Iterable[str]) -> dict:
+        """Extra keyword arguments the forward pass needs to produce ``kinds``."""
+        return {}
+
+
+def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
+    """Parse a layer selection: ``"all"``/``None``, ``"0,3,5"``, ``"0-11"``, or a list of ints.
+
+    Raises :class:`LayerRangeError` naming the valid range for any index outside it.
+    """
+    if spec is None or spec == "all":
+        return tuple(range(num_layers))
+    if isinstance(spec, str):
+        layers: list[int] = []
+        for part in spec.split(","):
+            first, _, last = part.strip().partition("-")
+            try:
+                bounds = (int(first), int(last or first))
+            except ValueError:
+                raise LayerRangeError(
+                    f"cannot parse layer selection {spec!r}: use 'all', '0,3,5' or '0-11'"
+                ) from None
+            layers.extend(range(bounds[0], bounds[1] + 1))
+    else:
+        layers = list(spec)
+    bad = [layer for layer in layers if not 0 <= layer < num_layers]
+    if bad or not layers:
+        raise LayerRangeError(
+            f"layers {bad or spec!r} are out of range: valid layers are 0..{num_layers - 1}"
+        )
+    return tuple(sorted(set(layers)))
