@@ -6,8 +6,9 @@ A model is named by an alias (``gpt2``, ``mamba-130m``, ``tiny-gpt2`` …), a hu
 revision or the SHA-256 of the weight files, and the parameter count.
 
 Offline behaviour: a hub model is first looked up in the local cache only. If it is not cached
-and the hub is unreachable (``HF_HUB_OFFLINE=1``, or a 3-second connection probe fails), loading
-fails at once with a :class:`ModelLoadError` that says how to fix it; nothing is retried.
+and the hub is unreachable (``HF_HUB_OFFLINE=1``, or a 2-second connection probe fails), loading
+fails at once with a :class:`ModelLoadError` that says how to fix it; nothing is retried
+(:mod:`neuronbench.hub`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from neuronbench.adapters import ArchitectureAdapter, adapter_for
 from neuronbench.errors import ModelLoadError, UnknownModelError
+from neuronbench.hub import hub_offline
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 """Where the built-in trained models ship (package data)."""
@@ -142,17 +143,6 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False when ``HF_HUB_OFFLINE`` is set or huggingface.co:443 cannot be reached in time."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
 def _from_pretrained(location: str, dtype: torch.dtype, local_only: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -168,7 +158,7 @@ def _load_hub(source: ModelSource, dtype: torch.dtype):
         return _from_pretrained(source.location, dtype, local_only=True)
     except OSError:
         pass  # not in the local cache: fall through to the hub, or fail fast below
-    if not hub_reachable():
+    if hub_offline():
         raise ModelLoadError(
             f"model {source.name!r} ({source.location}) is not in the local Hugging Face cache and "
             "the hub cannot be reached (offline). Fix: download it once with network access "
