@@ -177,7 +177,8 @@ def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> tuple[int
                 bounds = (int(first), int(last or first))
             except ValueError:
                 raise LayerRangeError(
-                    f"cannot parse layer selection {spec!r}: use 'all', '0,3,5' or '0-11'"
+                    f"cannot parse layer selection {spec!r}: use 'all', '0,3,5' or '0-11' "
+                    f"(valid layers are 0..{num_layers - 1})"
                 ) from None
             layers.extend(range(bounds[0], bounds[1] + 1))
     else:
