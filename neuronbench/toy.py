@@ -67,10 +67,14 @@ def toy_texts() -> list[str]:
 
 
 def build_toy_model(family: str, directory: str | Path, seed: int = 0, **overrides) -> Path:
-    """Save a random tiny ``family`` model with a byte-level BPE tokenizer to ``directory``."""
+    """Save a random tiny ``family`` model with a byte-level BPE tokenizer to ``directory``.
+
+    The tokenizer's ``<|endoftext|>`` is id 0; the model's BOS/EOS/pad ids point at it.
+    """
     directory = Path(directory)
     torch.manual_seed(seed)
-    model = TOY_BUILDERS[family](TOY_VOCAB, **overrides)
+    special = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    model = TOY_BUILDERS[family](overrides.pop("vocab_size", TOY_VOCAB), **{**special, **overrides})
     model.save_pretrained(directory)
-    train_bpe_tokenizer(toy_texts(), TOY_VOCAB).save_pretrained(directory)
+    train_bpe_tokenizer(toy_texts(), model.config.vocab_size).save_pretrained(directory)
     return directory

@@ -1,0 +1,25 @@
+"""The terminal summary table: one row per record, its headline metric."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+HEADLINE = ("ppl", "ppl_delta_rel", "z_score", "count", "percent", "n_neurons", "n_tokens")
+
+
+def headline(metrics: dict) -> str:
+    """The first headline metrics present in ``metrics``, formatted compactly."""
+    shown = [f"{key}={_fmt(metrics[key])}" for key in HEADLINE if key in metrics]
+    return ", ".join(shown[:3])
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary_table(records: list[dict]) -> str:
+    rows = [
+        [r["model"], r["analysis"], r.get("neuron_type") or "", r.get("mode") or "", r["method"], headline(r["metrics"])]
+        for r in records
+    ]
+    return tabulate(rows, headers=["model", "analysis", "type", "mode", "method", "metrics"], tablefmt="github")
