@@ -10,6 +10,9 @@ import importlib
 import sys
 
 COMMANDS: dict[str, str] = {
+    "main": "neuronbench.cli:main_command",
+    "ablation": "neuronbench.cli:ablation_command",
+    "ngram": "neuronbench.cli:ngram_command",
     "zoo": "neuronbench.zoo.cli:main",
 }
 
