@@ -57,8 +57,9 @@ class RunConfig:
         self._check_range("pruning_ratio", 0.0, 1.0, open_interval=True)
         for name in ("dead_freq", "rare_freq", "ngram_coverage"):
             self._check_range(name, 0.0, 1.0)
-        if self.seeds < 1 or self.top_k < 1 or self.batch_size < 1 or self.analysis_window < 2:
-            raise ConfigError("--seeds, --top-k and --batch-size must be ≥ 1, --analysis-window ≥ 2")
+        if self.seeds < 2 or self.top_k < 1 or self.batch_size < 1 or self.analysis_window < 2:
+            raise ConfigError("--seeds must be ≥ 2 (controls report a std), --top-k and --batch-size ≥ 1, "
+                              "--analysis-window ≥ 2")
 
     def _check_range(self, name: str, low: float, high: float, open_interval: bool = False) -> None:
         value = getattr(self, name)

@@ -44,3 +44,7 @@ class AnalysisUnavailableError(NeuronbenchError):
 
 class ConfigError(NeuronbenchError):
     """An option or threshold is out of its valid range."""
+
+
+class NonFiniteLossError(NeuronbenchError):
+    """A scored token's negative log-likelihood is NaN or infinite."""

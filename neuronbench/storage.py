@@ -45,7 +45,21 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_json_atomic(path: str | Path, payload: object) -> Path:
-    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: non-finite floats (a z-score against zero-spread controls) are written as the
+    strings ``"inf"``, ``"-inf"``, ``"nan"``, never as invalid bare ``Infinity``/``NaN``."""
+    text = json.dumps(finite_json(payload), indent=2, allow_nan=False, default=_json_default)
+    return write_text_atomic(path, text + "\n")
+
+
+def finite_json(value: object) -> object:
+    """``value`` with every non-finite float replaced by its string name."""
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return str(float(value))
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
 
 
 def write_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:

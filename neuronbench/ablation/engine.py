@@ -1,0 +1,167 @@
+"""The ablation runner: perplexity of a model under each condition and its random controls.
+
+One :class:`AblationRunner` serves one model × evaluation data set. Its evaluation windows are
+built once (a :class:`~neuronbench.perplexity.TokenEvaluation` or
+:class:`~neuronbench.perplexity.DocumentEvaluation`) and reused by every condition; every
+evaluation is cached by ``(mode, unit, {(layer, index)})``, so the baseline is computed once and no
+set of units is evaluated twice (a random control equal to another condition's is reused, and an
+empty set is the baseline).
+
+For a condition with perplexity ``p`` and baseline ``p_0``::
+
+    delta = p − p_0,    delta_rel = (p − p_0) / p_0
+
+and its controls (:mod:`neuronbench.ablation.controls`) give mean, std (ddof=1) and z.
+Neurons are meant to be found on the analysis split (default ``train``) and perplexity measured
+on another (default ``test``); the results record both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import nn
+
+from neuronbench.ablation.conditions import Condition
+from neuronbench.ablation.controls import (DEFAULT_SEEDS, ControlSummary, random_control,
+                                           resolve_seeds, summarize_controls)
+from neuronbench.ablation.hooks import ablated, check_mode, checked_set, resolve_unit
+from neuronbench.ablation.neurons import NeuronSetLike, counts, pairs
+from neuronbench.adapters import ArchitectureAdapter
+from neuronbench.capture import ActivationStatistics
+from neuronbench.perplexity import DEFAULT_BATCH_SIZE
+
+
+class PerplexityResult(Protocol):
+    ppl: float
+    n_tokens: int
+
+    def to_record(self) -> dict: ...
+
+
+class Evaluation(Protocol):
+    """Prepared windows that can be scored under any ablation."""
+
+    source: dict
+
+    def evaluate(self, model: nn.Module, batch_size: int = ..., progress: bool = ...
+                 ) -> PerplexityResult: ...
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    """One condition against the baseline and its random controls."""
+
+    condition: str
+    mode: str
+    unit: str
+    n_neurons: dict[int, int]
+    ppl: float
+    baseline_ppl: float
+    controls: ControlSummary
+    tokens_scored: int
+    analysis_split: str
+    eval_split: str | None
+    metric: dict
+
+    @property
+    def delta(self) -> float:
+        return self.ppl - self.baseline_ppl
+
+    @property
+    def delta_rel(self) -> float:
+        return self.delta / self.baseline_ppl
+
+    def to_record(self) -> dict:
+        """A flat record; numbers stay numbers (``z`` may be ``±inf``/``nan``, see controls)."""
+        return {
+            "condition": self.condition, "mode": self.mode, "unit": self.unit,
+            "n_neurons": sum(self.n_neurons.values()),
+            "n_neurons_per_layer": {str(k): v for k, v in sorted(self.n_neurons.items())},
+            "ppl": self.ppl, "baseline_ppl": self.baseline_ppl,
+            "ppl_delta": self.delta, "ppl_delta_rel": self.delta_rel,
+            "control_ppl_mean": self.controls.mean, "control_ppl_std": self.controls.std,
+            "control_ppls": list(self.controls.ppls), "z": self.controls.z,
+            "seeds": list(self.controls.seeds), "tokens_scored": self.tokens_scored,
+            "analysis_split": self.analysis_split, "eval_split": self.eval_split,
+            **{k: v for k, v in self.metric.items() if k not in ("ppl", "tokens_scored", "split")},
+        }
+
+
+class AblationRunner:
+    """Evaluates conditions of one model on one prepared evaluation set, with caching.
+
+    ``stats`` are the analysis split's statistics (needed for mean-ablation); ``seeds`` the
+    random-control seeds (:func:`~neuronbench.ablation.controls.resolve_seeds`).
+    """
+
+    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, evaluation: Evaluation,
+                 stats: ActivationStatistics | None = None,
+                 seeds: int | Sequence[int] = DEFAULT_SEEDS, batch_size: int = DEFAULT_BATCH_SIZE,
+                 analysis_split: str = "train", progress: bool = False) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.evaluation = evaluation
+        self.stats = stats
+        self.seeds = resolve_seeds(seeds)
+        self.batch_size = batch_size
+        self.analysis_split = analysis_split
+        self.eval_split = evaluation.source.get("split")
+        self.progress = progress
+        self._cache: dict[tuple, PerplexityResult] = {}
+
+    @property
+    def evaluations(self) -> int:
+        """Number of distinct evaluations run so far (forward passes over the data)."""
+        return len(self._cache)
+
+    def _run(self, key: tuple, neurons: NeuronSetLike, mode: str, unit: str) -> PerplexityResult:
+        if key not in self._cache:
+            with ablated(self.adapter, neurons, mode, unit, self.stats):
+                self._cache[key] = self.evaluation.evaluate(self.model, self.batch_size, self.progress)
+        return self._cache[key]
+
+    def baseline(self) -> PerplexityResult:
+        """Perplexity with nothing ablated (computed once)."""
+        return self._run(("baseline",), {}, "zero", "neuron")
+
+    def perplexity(self, neurons: NeuronSetLike, mode: str = "zero",
+                   unit: str = "neuron") -> PerplexityResult:
+        """Perplexity with ``neurons`` ablated; an empty set is the baseline."""
+        resolved = resolve_unit(self.adapter, unit)
+        check_mode(mode, resolved)
+        normal = checked_set(self.adapter, neurons, resolved)
+        if not normal:
+            return self.baseline()
+        return self._run((mode, resolved.name, pairs(normal)), normal, mode, unit)
+
+    def widths(self, layers: Iterable[int], unit: str) -> dict[int, int]:
+        """Width of each layer in ``unit``s."""
+        resolved = resolve_unit(self.adapter, unit)
+        return {layer: resolved.width(self.adapter, layer) for layer in layers}
+
+    def controls(self, condition: Condition) -> ControlSummary:
+        """Random controls of ``condition`` over the runner's seeds."""
+        widths = self.widths(condition.neurons, condition.unit)
+        ppls = [self.perplexity(random_control(condition.neurons, widths, seed), condition.mode,
+                                condition.unit).ppl for seed in self.seeds]
+        target = self.perplexity(condition.neurons, condition.mode, condition.unit).ppl
+        return summarize_controls(target, self.seeds, ppls)
+
+    def run(self, condition: Condition) -> AblationResult:
+        """The condition, its controls, and its deltas against the baseline."""
+        base = self.baseline()
+        result = self.perplexity(condition.neurons, condition.mode, condition.unit)
+        return AblationResult(
+            condition=condition.name, mode=condition.mode, unit=condition.unit,
+            n_neurons=counts(condition.neurons), ppl=result.ppl, baseline_ppl=base.ppl,
+            controls=self.controls(condition), tokens_scored=result.n_tokens,
+            analysis_split=self.analysis_split, eval_split=self.eval_split,
+            metric={**self.evaluation.source, **result.to_record()},
+        )
+
+    def run_all(self, conditions: Iterable[Condition]) -> list[AblationResult]:
+        """:meth:`run` for every condition, in order."""
+        return [self.run(condition) for condition in conditions]
