@@ -44,6 +44,9 @@ def copy_dir(tmp_path: Path):
     return copy
 
 
+torch.set_num_threads(1)  # tiny models gain nothing from threads; avoids oversubscribing shared cores
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

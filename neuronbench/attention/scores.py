@@ -1,0 +1,312 @@
+"""Attention-neuron scores: activation and importance of every attention unit, three ways.
+
+A unit ``u`` (Mamba channel or transformer head, :mod:`neuronbench.attention.units`) of layer
+``l`` has on each window an attention matrix ``α^{(u)}`` (hidden attention or probabilities), an
+attention-mixed output ``o_i = Σ_j α_ij v_j`` (a scalar for a channel, a ``d_h`` vector for a head)
+and the gradient ``g_i = ∂L/∂o_i`` of the summed next-token loss ``L``
+(:mod:`neuronbench.attention.forward`). With ``α̂_ij = |α_ij| / Σ_j' |α_ij'|`` (row-normalised
+magnitude; a row with no mass is left out of the row averages below) and real tokens ``i``:
+
+``attention_weighted``
+    ``mean_i ‖o_i‖`` over every token of every window — the mean magnitude of the unit's
+    attention-mixed output (``|o_i|`` for a channel, the Euclidean norm for a head).
+``gradient_guided``
+    ``mean_i |o_i · g_i|`` — the magnitude of the first-order estimate ``−o_i · g_i`` of how much
+    the loss changes when the unit's output at token ``i`` is removed (gradient × input).
+``rollout``
+    Abnar & Zuidema (2020) attention rollout over the analysed layers, per window: the unit-mean
+    attention ``Ā_l = mean_u α̂^{(u)}`` of each layer, with the residual path,
+    ``Ã_l = rownorm(0.5·I + 0.5·Ā_l)``, and ``R = Ã_L ⋯ Ã_1`` (first layer applied first).
+    The *relevant tokens* of a window are the smallest set of tokens whose final-row rollout
+    ``R_{T−1, ·}`` (relevance of each input token to the last position) holds at least
+    ``rollout_mass`` of its mass (tokens taken by decreasing relevance, ties by position). A
+    unit's score is the mass of its own final-row attention on them, ``Σ_{j relevant} α̂_{T−1,j}``,
+    averaged over windows.
+``distance``
+    mean attention distance ``mean_i Σ_j α̂_ij (i − j)`` in tokens.
+``entropy``
+    attention entropy ``mean_i −Σ_j α̂_ij ln α̂_ij`` in nats.
+
+``unit_mean`` is the unit's mean value in the tensor an ablation replaces (the neuron for a
+channel, the head output ``[d_h]`` for a head), for mean-ablation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from neuronbench.adapters import ArchitectureAdapter
+from neuronbench.adapters.base import parse_layers
+from neuronbench.attention.forward import unit_pass
+from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET, AttentionBlock, mix
+from neuronbench.attention.kinds import attention_units
+from neuronbench.attention.units import UnitWindow
+from neuronbench.capture import batches
+from neuronbench.data import TokenWindows
+from neuronbench.errors import CaptureError, ConfigError
+
+SCORE_METHODS = ("attention_weighted", "gradient_guided", "rollout")
+"""The importance methods, each a per-unit array of :class:`AttentionUnitScores`."""
+
+UNIT_MEASURES = (*SCORE_METHODS, "distance", "entropy")
+"""Per-unit scalar measures (the columns of :meth:`AttentionUnitScores.to_frame`)."""
+
+DEFAULT_ROLLOUT_MASS = 0.5
+"""Default share of the final-row rollout mass that the relevant tokens must hold."""
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Options of :func:`attention_unit_scores`.
+
+    ``layers``: the analysed layers (``None``/``"all"``: all; rollout runs over exactly these, so
+    keep all layers for a faithful rollout); ``rollout_mass``: see the module docstring;
+    ``memory_budget_bytes``: extra memory for one layer's hidden attention;
+    ``batch_size``: windows per forward/backward pass.
+    """
+
+    layers: tuple[int, ...] | str | None = None
+    rollout_mass: float = DEFAULT_ROLLOUT_MASS
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class AttentionUnit:
+    """One attention unit and its score under some method."""
+
+    layer: int
+    index: int
+    score: float
+
+
+@dataclass
+class WindowReduction:
+    """One window of one layer, reduced: per unit ``distance``/``entropy`` sums over rows with
+    attention mass (``rows`` of them), ``final_row`` ``α̂_{T−1,·}`` ``[U, T]``, the unit-mean
+    ``mean_attention`` ``Ā`` ``[T, T]`` and, when mixed from the blocks, ``mixed`` ``o`` ``[T, U]``."""
+
+    distance: torch.Tensor
+    entropy: torch.Tensor
+    rows: torch.Tensor
+    final_row: torch.Tensor
+    mean_attention: torch.Tensor
+    mixed: torch.Tensor | None
+
+
+def reduce_blocks(blocks: Iterable[AttentionBlock], n_units: int, length: int,
+                  values: torch.Tensor | None = None) -> WindowReduction:
+    """Fold attention blocks covering ``n_units`` units × ``length`` queries into a
+    :class:`WindowReduction` (``values [T, U]``: mix the outputs from the blocks)."""
+    f32 = dict(dtype=torch.float32)
+    out = WindowReduction(torch.zeros(n_units, dtype=torch.float64), torch.zeros(n_units, dtype=torch.float64),
+                          torch.zeros(n_units, dtype=torch.long), torch.zeros(n_units, length, **f32),
+                          torch.zeros(length, length, dtype=torch.float64),
+                          None if values is None else torch.zeros(length, n_units, **f32))
+    covered = torch.zeros(n_units, length, dtype=torch.long)
+    for block in blocks:
+        units, start, stop = block.channels.cpu(), block.query_start, block.query_stop
+        if out.mixed is not None:
+            out.mixed[start:stop, units] = mix(block, values).T.cpu()
+        _fold_block(out, block, units)
+        covered[units, start:stop] += 1
+    if not bool((covered == 1).all()):
+        raise CaptureError("attention blocks did not cover every (unit, query) pair exactly once")
+    out.mean_attention /= n_units
+    return out
+
+
+def row_normalized(attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(α̂, has_mass)``: ``α̂_ij = |α_ij| / Σ_j' |α_ij'|`` over the last axis, and whether each
+    row has any mass (rows without stay zero)."""
+    norm = attention.abs()
+    total = norm.sum(-1)
+    valid = total > 0
+    norm /= torch.where(valid, total, 1.0).unsqueeze(-1)
+    return norm, valid
+
+
+def _fold_block(out: WindowReduction, block: AttentionBlock, units: torch.Tensor) -> None:
+    start, stop = block.query_start, block.query_stop
+    norm, valid = row_normalized(block.alpha)
+    keys = torch.arange(stop, dtype=norm.dtype, device=norm.device)
+    queries = torch.arange(start, stop, dtype=norm.dtype, device=norm.device)
+    distance = (queries - norm @ keys).where(valid, 0.0)
+    entropy = -torch.xlogy(norm, norm).sum(-1)
+    out.distance[units] += distance.double().sum(-1).cpu()
+    out.entropy[units] += entropy.double().sum(-1).cpu()
+    out.rows[units] += valid.sum(-1).cpu()
+    out.mean_attention[start:stop, :stop] += norm.sum(0).double().cpu()
+    if stop == out.final_row.shape[1]:
+        out.final_row[units] = norm[:, -1, :].cpu()
+
+
+def rollout(mean_attentions: list[torch.Tensor]) -> torch.Tensor:
+    """``R = Ã_L ⋯ Ã_1`` with ``Ã_l = rownorm(0.5·I + 0.5·Ā_l)``; ``mean_attentions`` in layer
+    order, each ``[T, T]``. Returns ``R`` ``[T, T]`` (float64, rows sum to 1)."""
+    length = mean_attentions[0].shape[0]
+    result = torch.eye(length, dtype=torch.float64)
+    for attention in mean_attentions:
+        mixed = 0.5 * torch.eye(length, dtype=torch.float64) + 0.5 * attention.double()
+        result = (mixed / mixed.sum(-1, keepdim=True)) @ result
+    return result
+
+
+def relevant_tokens(relevance: torch.Tensor, mass: float) -> torch.Tensor:
+    """The smallest set of positions (by decreasing ``relevance``, ties by position) whose
+    relevance sums to at least ``mass`` of the total; a bool mask ``[T]``."""
+    order = torch.sort(relevance, descending=True, stable=True).indices
+    cumulative = relevance[order].cumsum(0)
+    needed = int(torch.searchsorted(cumulative, mass * cumulative[-1] * (1 - 1e-12))) + 1
+    mask = torch.zeros_like(relevance, dtype=torch.bool)
+    mask[order[: min(needed, relevance.numel())]] = True
+    return mask
+
+
+@dataclass
+class LayerAccumulator:
+    """Running sums of one layer's unit measures over windows."""
+
+    n_units: int
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: torch.Tensor | None = None
+    unit_sum: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.sums = {name: torch.zeros(self.n_units, dtype=torch.float64) for name in UNIT_MEASURES}
+        self.rows = torch.zeros(self.n_units, dtype=torch.long)
+
+    def add(self, window: UnitWindow, reduced: WindowReduction) -> None:
+        outputs = window.outputs if reduced.mixed is None else reduced.mixed.unsqueeze(-1)
+        outputs = outputs.cpu().double()
+        grads = window.grads.cpu().double()
+        self.sums["attention_weighted"] += outputs.norm(dim=-1).sum(0)
+        self.sums["gradient_guided"] += (outputs * grads).sum(-1).abs().sum(0)
+        self.sums["distance"] += reduced.distance
+        self.sums["entropy"] += reduced.entropy
+        self.rows += reduced.rows
+        unit_total = window.unit_values.cpu().double().sum(0)
+        self.unit_sum = unit_total if self.unit_sum is None else self.unit_sum + unit_total
+
+    def add_rollout(self, final_row: torch.Tensor, relevant: torch.Tensor) -> None:
+        self.sums["rollout"] += final_row[:, relevant].double().sum(-1)
+
+    def result(self, n_tokens: int, n_windows: int) -> dict[str, np.ndarray]:
+        rows = self.rows.double()
+        per_row = {name: torch.where(self.rows > 0, self.sums[name] / rows.clamp_min(1), torch.nan)
+                   for name in ("distance", "entropy")}
+        return {
+            "attention_weighted": (self.sums["attention_weighted"] / n_tokens).numpy(),
+            "gradient_guided": (self.sums["gradient_guided"] / n_tokens).numpy(),
+            "rollout": (self.sums["rollout"] / n_windows).numpy(),
+            "distance": per_row["distance"].numpy(),
+            "entropy": per_row["entropy"].numpy(),
+            "unit_mean": (self.unit_sum / n_tokens).numpy(),
+        }
+
+
+@dataclass
+class AttentionUnitScores:
+    """Per-unit measures of every analysed layer: ``layers[l][name]`` is an array over the layer's
+    units for each name of :data:`UNIT_MEASURES`, plus ``unit_mean`` (``[U]`` or ``[U, d_h]``)."""
+
+    family: str
+    unit: str
+    layers: dict[int, dict[str, np.ndarray]]
+    n_tokens: int
+    n_windows: int
+    rollout_mass: float
+
+    def measure(self, name: str) -> dict[int, np.ndarray]:
+        """``{layer: per-unit array}`` of a measure of :data:`UNIT_MEASURES`."""
+        if name not in UNIT_MEASURES:
+            raise ConfigError(f"unknown attention measure {name!r}; choose one of {list(UNIT_MEASURES)}")
+        return {layer: arrays[name] for layer, arrays in self.layers.items()}
+
+    def top_k(self, method: str, k: int) -> list[AttentionUnit]:
+        """The ``k`` units with the highest score under ``method`` (all units if fewer), highest
+        first, ties broken by (layer, index)."""
+        if method not in SCORE_METHODS:
+            raise ConfigError(f"unknown attention score {method!r}; choose one of {list(SCORE_METHODS)}")
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ConfigError(f"top-k needs a positive integer k, got {k!r}")
+        units = [AttentionUnit(layer, index, float(score))
+                 for layer, scores in self.measure(method).items() for index, score in enumerate(scores)]
+        return sorted(units, key=lambda unit: (-unit.score, unit.layer, unit.index))[:k]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per unit: ``layer``, ``unit`` and every measure of :data:`UNIT_MEASURES` — the
+        data of the score distributions, activation (``attention_weighted``) vs importance
+        (``gradient_guided``) and distance vs entropy figures."""
+        frames = [pd.DataFrame({"layer": layer, "unit": np.arange(arrays["distance"].shape[0]),
+                                **{name: arrays[name] for name in UNIT_MEASURES}})
+                  for layer, arrays in self.layers.items()]
+        return pd.concat(frames, ignore_index=True)
+
+    def metadata(self) -> dict:
+        return {"family": self.family, "unit": self.unit, "layers": sorted(self.layers),
+                "n_tokens": self.n_tokens, "n_windows": self.n_windows, "rollout_mass": self.rollout_mass,
+                "methods": list(SCORE_METHODS)}
+
+
+def _real_length(mask_row: torch.Tensor) -> int:
+    """Number of real tokens of a right-padded window; :class:`ConfigError` otherwise."""
+    length = int(mask_row.sum())
+    if not bool(mask_row[:length].all()):
+        raise ConfigError("attention scores need right-padded windows (real tokens first, then padding)")
+    return length
+
+
+def _check_config(config: AttentionConfig) -> None:
+    if not 0.0 < config.rollout_mass <= 1.0:
+        raise ConfigError(f"rollout_mass must be in (0, 1], got {config.rollout_mass!r}")
+
+
+def attention_unit_scores(model: nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows,
+                          config: AttentionConfig = AttentionConfig(),
+                          progress: bool = True) -> AttentionUnitScores:
+    """Score every attention unit of ``config.layers`` on ``windows`` (module docstring).
+
+    One forward and backward pass per batch; for Mamba the hidden attention of each layer and
+    window is streamed in blocks within ``config.memory_budget_bytes``.
+    """
+    _check_config(config)
+    if windows.n_tokens == 0:
+        raise ConfigError("no tokens to analyse: the token windows are empty")
+    units = attention_units(adapter)
+    layers = parse_layers(config.layers, adapter.num_layers)
+    accumulators = {layer: LayerAccumulator(units.count(adapter, layer)) for layer in layers}
+    device = next(model.parameters()).device
+    n_tokens = n_windows = 0
+    total = -(-windows.input_ids.shape[0] // config.batch_size)
+    for input_ids, mask in tqdm(batches(windows, config.batch_size), total=total, desc="attention units",
+                                unit="batch", disable=not progress):
+        seen = unit_pass(model, adapter, layers, units.kinds, input_ids.to(device), mask.to(device))
+        for row in range(input_ids.shape[0]):
+            length = _real_length(mask[row])
+            if length == 0:
+                continue
+            finals, means = {}, []
+            for layer in layers:
+                window = units.window(adapter, layer, seen, row, length, config.memory_budget_bytes)
+                reduced = reduce_blocks(window.blocks, accumulators[layer].n_units, length, window.values)
+                accumulators[layer].add(window, reduced)
+                finals[layer] = reduced.final_row
+                means.append(reduced.mean_attention)
+            relevant = relevant_tokens(rollout(means)[-1], config.rollout_mass)
+            for layer in layers:
+                accumulators[layer].add_rollout(finals[layer], relevant)
+            n_tokens += length
+            n_windows += 1
+    return AttentionUnitScores(
+        family=adapter.family, unit=units.name,
+        layers={layer: acc.result(n_tokens, n_windows) for layer, acc in accumulators.items()},
+        n_tokens=n_tokens, n_windows=n_windows, rollout_mass=config.rollout_mass,
+    )

@@ -1,0 +1,345 @@
+"""Hidden attention and attention-unit scores on real (tiny, random) models: the attention
+reproduces the model's own forward pass, the scores equal brute-force recomputations and finite
+differences, ablation acts on the right tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neuronbench.attention import (AttentionConfig, AttentionUnit, attention_figure_data, attention_unit_scores,
+                                   capture_ssm, head_attention, iter_hidden_attention, layer_hidden_attention,
+                                   mix, relevant_tokens, rollout)
+from neuronbench.attention.ablation import ablated_attention_units
+from neuronbench.attention.forward import unit_pass
+from neuronbench.attention.scores import row_normalized
+from neuronbench.attention.heads import TransformerHeads
+from neuronbench.attention.hidden import block_bytes, plan_chunks
+from neuronbench.data import TokenWindows
+from neuronbench.errors import AnalysisUnavailableError, ConfigError
+from neuronbench.models import load_model, resolve_model
+from neuronbench.names import ATTN_HEADS, act_name
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and do not stall when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def float64_rms_norm(norm: torch.nn.Module):
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        return norm.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+
+    return forward
+
+
+def load(directory, double: bool = False):
+    """A toy model; with ``double`` entirely float64 (Mamba's RMSNorm rounds to float32 by design,
+    which would drown the finite differences: it is replaced by the same formula in float64)."""
+    loaded = load_model(str(directory), device="cpu", dtype="float32")
+    if double:
+        loaded.model.double()
+        for module in loaded.model.modules():
+            if type(module).__name__ == "MambaRMSNorm":
+                module.forward = float64_rms_norm(module)
+    return loaded
+
+
+def random_ids(n: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(1, 300, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def windows_of(ids: torch.Tensor, lengths: list[int] | None = None) -> TokenWindows:
+    mask = torch.ones_like(ids)
+    for row, length in enumerate(lengths or []):
+        mask[row, length:] = 0
+    return TokenWindows(ids, mask, int(mask.sum()))
+
+
+def scan_output(ssm, row: int = 0) -> torch.Tensor:
+    """``y`` by the sequential selective scan, straight from the captured ``Δ, B, C, x``."""
+    delta, b, c, x = (t[row].double() for t in (ssm.delta, ssm.b, ssm.c, ssm.x))
+    a = ssm.a.double()
+    h = torch.zeros(a.shape, dtype=torch.float64)
+    ys = []
+    for t in range(delta.shape[0]):
+        h = torch.exp(delta[t, :, None] * a) * h + delta[t, :, None] * b[t] * x[t, :, None]
+        ys.append(h @ c[t])
+    return torch.stack(ys)
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+# -- reconstruction -----------------------------------------------------------------------------
+@pytest.mark.parametrize("length, overrides", [(1024, {}), (48, {"state_size": 16, "seed": 3})])
+def test_hidden_attention_reproduces_the_models_own_neurons(toy_model_dir, length, overrides):
+    """``(Σ_j α_ij x_j + D x_i) ⊙ silu(z_i)`` equals the neurons captured from the model's forward."""
+    loaded = load(toy_model_dir("mamba", **overrides))
+    layers = list(range(loaded.adapter.num_layers))
+    ssm = capture_ssm(loaded.model, loaded.adapter, random_ids(1, length), layers)
+    for layer in layers:
+        s = ssm[layer]
+        y = torch.zeros(length, s.x.shape[-1])
+        for block in iter_hidden_attention(s.delta[0], s.b[0], s.c[0], s.a, memory_budget_bytes=64 * 2**20):
+            y[block.query_start : block.query_stop, block.channels] = mix(block, s.x[0]).T
+        rebuilt = (y + s.d * s.x[0]) * F.silu(s.z[0])
+        assert relative_error(rebuilt, s.neurons[0]) <= 1e-4, layer
+
+
+def test_builtin_tiny_mamba_reconstruction():
+    location = Path(resolve_model("tiny-mamba").location)
+    if not (location / "config.json").is_file():
+        pytest.skip(f"the built-in tiny-mamba is not shipped yet ({location} has no config.json)")
+    loaded = load(location)
+    ids = random_ids(1, 64)
+    for layer, s in capture_ssm(loaded.model, loaded.adapter, ids, range(loaded.adapter.num_layers)).items():
+        rebuilt = (torch.einsum("dij,jd->id", s.hidden_attention(0), s.x[0]) + s.d * s.x[0]) * F.silu(s.z[0])
+        assert relative_error(rebuilt, s.neurons[0]) <= 1e-4, layer
+
+
+def test_layer_hidden_attention_equals_the_scan(toy_model_dir):
+    loaded = load(toy_model_dir("mamba"))
+    ids = random_ids(1, 20)
+    alpha = layer_hidden_attention(loaded.model, loaded.adapter, ids[0], 1, channels=[3, 7])
+    ssm = capture_ssm(loaded.model, loaded.adapter, ids, [1])[1]
+    y = torch.einsum("dij,jd->id", alpha, ssm.x[0][:, [3, 7]])
+    assert relative_error(y, scan_output(ssm)[:, [3, 7]]) <= 1e-5
+
+
+def test_no_hidden_attention_without_ssm_layers(toy_model_dir):
+    loaded = load(toy_model_dir("gpt2"))
+    with pytest.raises(AnalysisUnavailableError, match="SSM"):
+        layer_hidden_attention(loaded.model, loaded.adapter, random_ids(1, 8)[0], 0)
+    with pytest.raises(AnalysisUnavailableError, match="SSM"):
+        capture_ssm(loaded.model, loaded.adapter, random_ids(1, 8), [0])
+    mamba = load(toy_model_dir("mamba"))
+    with pytest.raises(AnalysisUnavailableError, match="heads"):
+        head_attention(mamba.model, mamba.adapter, random_ids(1, 8), 0)
+
+
+# -- transformer heads ---------------------------------------------------------------------------
+def test_gpt2_head_attention_is_the_models_output_attentions(toy_model_dir):
+    loaded = load(toy_model_dir("gpt2"))
+    ids = random_ids(2, 12)
+    windows = windows_of(ids, [12, 9])
+    with torch.no_grad():
+        reference = loaded.model(input_ids=ids, attention_mask=windows.attention_mask,
+                                 output_attentions=True).attentions
+    seen = unit_pass(loaded.model, loaded.adapter, [0, 1], TransformerHeads.kinds, ids, windows.attention_mask)
+    for layer in (0, 1):
+        assert torch.equal(head_attention(loaded.model, loaded.adapter, ids, layer, windows.attention_mask),
+                           reference[layer])
+        for row, length in enumerate((12, 9)):
+            window = TransformerHeads().window(loaded.adapter, layer, seen, row, length, 2**20)
+            (block,) = list(window.blocks)
+            assert torch.equal(block.alpha, reference[layer][row, :, :length, :length])
+
+
+def brute_force_head_scores(loaded, windows: TokenWindows, lengths: list[int], mass: float) -> dict:
+    """Every non-gradient head measure recomputed from ``output_attentions`` and the heads output."""
+    n_layers, heads = loaded.adapter.num_layers, loaded.adapter.num_heads
+    heads_out: dict[str, torch.Tensor] = {}
+    handles = [h for layer in range(n_layers) for h in loaded.adapter.register_capture(
+        layer, [ATTN_HEADS], lambda name, t: heads_out.__setitem__(name, t.double()))]
+    with torch.no_grad():
+        probs = loaded.model(input_ids=windows.input_ids, attention_mask=windows.attention_mask,
+                             output_attentions=True).attentions
+    for handle in handles:
+        handle.remove()
+    sums = {name: torch.zeros(n_layers, heads, dtype=torch.float64)
+            for name in ("attention_weighted", "distance", "entropy", "rollout")}
+    for row, length in enumerate(lengths):
+        p = [probs[layer][row, :, :length, :length].double() for layer in range(n_layers)]
+        result = torch.eye(length, dtype=torch.float64)
+        for layer in range(n_layers):
+            step = 0.5 * torch.eye(length, dtype=torch.float64) + 0.5 * p[layer].mean(0)
+            result = (step / step.sum(-1, keepdim=True)) @ result
+        final = result[-1]
+        order = sorted(range(length), key=lambda j: (-final[j].item(), j))
+        relevant, total = [], 0.0
+        for j in order:
+            relevant.append(j)
+            total += final[j].item()
+            if total >= mass * final.sum().item() - 1e-12:
+                break
+        for layer in range(n_layers):
+            out = heads_out[act_name(layer, ATTN_HEADS)][row, :length]
+            for h in range(heads):
+                ph = p[layer][h]
+                sums["attention_weighted"][layer, h] += out[:, h].norm(dim=-1).sum()
+                sums["distance"][layer, h] += sum(ph[i, j] * (i - j) for i in range(length) for j in range(i + 1))
+                sums["entropy"][layer, h] += -torch.xlogy(ph, ph).sum()
+                sums["rollout"][layer, h] += ph[-1, relevant].sum()
+    n_tokens = sum(lengths)
+    return {"attention_weighted": sums["attention_weighted"] / n_tokens, "distance": sums["distance"] / n_tokens,
+            "entropy": sums["entropy"] / n_tokens, "rollout": sums["rollout"] / len(lengths)}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_head_scores_equal_brute_force(toy_model_dir, family):
+    loaded = load(toy_model_dir(family))
+    lengths = [10, 7]
+    windows = windows_of(random_ids(2, 10, seed=4), lengths)
+    scores = attention_unit_scores(loaded.model, loaded.adapter, windows, AttentionConfig(batch_size=2),
+                                   progress=False)
+    expected = brute_force_head_scores(loaded, windows, lengths, scores.rollout_mass)
+    assert scores.unit == "head" and scores.n_tokens == 17 and scores.n_windows == 2
+    for name, values in expected.items():
+        for layer in range(loaded.adapter.num_layers):
+            assert torch.allclose(torch.from_numpy(scores.layers[layer][name]), values[layer], rtol=1e-5,
+                                  atol=1e-7), (name, layer)
+
+
+# -- gradient-guided scores vs finite differences ---------------------------------------------------
+def summed_loss(model, ids: torch.Tensor) -> float:
+    """Summed next-token cross-entropy in the model's own precision (HF casts logits to float32,
+    so the logits are recomputed here from the LM head's input)."""
+    head = model.get_output_embeddings()
+    seen = {}
+    handle = head.register_forward_pre_hook(lambda _m, inputs: seen.__setitem__("h", inputs[0]))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+        logits = head(seen["h"])
+    handle.remove()
+    return F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+
+
+def finite_difference(loaded, ids: torch.Tensor, layer: int, unit: int, token: int, direction: torch.Tensor,
+                      step: float = 1e-6) -> float:
+    """Central difference of the loss along ``direction`` in the unit's slot at ``token`` of the
+    tensor ``register_head_edit`` hands over (Mamba: neurons; GPT-2: heads), i.e. ``direction · ∂L/∂slot``."""
+    norm = direction.double().norm().item()
+    if norm == 0.0:
+        return 0.0
+    values = []
+    for sign in (1.0, -1.0):
+        def edit(tensor, sign=sign):
+            bumped = tensor.clone()
+            bumped[0, token, unit] = bumped[0, token, unit] + sign * step / norm * direction.to(tensor.dtype)
+            return bumped
+
+        handle = loaded.adapter.register_head_edit(layer, edit)
+        values.append(summed_loss(loaded.model, ids))
+        handle.remove()
+    return (values[0] - values[1]) / (2 * step) * norm
+
+
+def test_mamba_gradient_guided_equals_finite_differences(toy_model_dir):
+    loaded = load(toy_model_dir("mamba", residual_in_fp32=False), double=True)
+    ids, layer, units = random_ids(1, 8, seed=5), 1, (0, 5)
+    scores = attention_unit_scores(loaded.model, loaded.adapter, windows_of(ids), progress=False)
+    ssm = capture_ssm(loaded.model, loaded.adapter, ids, [layer])[layer]
+    y = scan_output(ssm)
+    gate = F.silu(ssm.z[0].double())
+    for unit in units:
+        # scaling the unit's attention-mixed output y by (1 + ε) moves the neuron by ε·y·silu(z)
+        derivative = torch.tensor([finite_difference(loaded, ids, layer, unit, t, y[t, unit] * gate[t, unit])
+                                   for t in range(8)])
+        assert scores.layers[layer]["gradient_guided"][unit] == pytest.approx(derivative.abs().mean().item(), rel=1e-4)
+        assert derivative.abs().max() > 0
+        weighted = scores.layers[layer]["attention_weighted"][unit]
+        assert weighted == pytest.approx(y[:, unit].abs().mean().item(), rel=1e-4)
+
+
+def test_gpt2_gradient_guided_equals_finite_differences(toy_model_dir):
+    loaded = load(toy_model_dir("gpt2"), double=True)
+    ids, layer = random_ids(1, 8, seed=6), 0
+    scores = attention_unit_scores(loaded.model, loaded.adapter, windows_of(ids), progress=False)
+    heads: dict[str, torch.Tensor] = {}
+    handles = loaded.adapter.register_capture(layer, [ATTN_HEADS], lambda name, t: heads.__setitem__(name, t.clone()))
+    summed_loss(loaded.model, ids)
+    handles[0].remove()
+    out = heads[act_name(layer, ATTN_HEADS)][0]
+    for head in (1, 3):
+        derivative = torch.tensor([finite_difference(loaded, ids, layer, head, t, out[t, head]) for t in range(8)])
+        assert scores.layers[layer]["gradient_guided"][head] == pytest.approx(derivative.abs().mean().item(), rel=1e-4)
+
+
+# -- chunking, rollout rule, bad input -----------------------------------------------------------
+def test_mamba_scores_do_not_depend_on_the_chunking(toy_model_dir):
+    loaded = load(toy_model_dir("mamba"))
+    windows = windows_of(random_ids(2, 200, seed=7), [200, 150])
+    whole = attention_unit_scores(loaded.model, loaded.adapter, windows, progress=False)
+    budget = block_bytes(8, 128, 200, 8)  # 8 channels × 128 queries per block: 8 × 2 blocks per window
+    chunked = attention_unit_scores(loaded.model, loaded.adapter, windows,
+                                    AttentionConfig(memory_budget_bytes=budget, batch_size=2), progress=False)
+    for layer, arrays in whole.layers.items():
+        for name, values in arrays.items():
+            assert torch.allclose(torch.from_numpy(chunked.layers[layer][name]), torch.from_numpy(values),
+                                  rtol=1e-5, atol=1e-9), (layer, name)
+    assert (plan_chunks(200, 64, 8, budget).channel_block, plan_chunks(200, 64, 8, budget).query_block) == (8, 128)
+    assert whole.layers[0]["unit_mean"].shape == (loaded.adapter.neuron_width(0),)
+
+
+def test_rollout_and_relevant_tokens_known_answers():
+    to_first = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert torch.allclose(rollout([to_first]), torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64))
+    assert torch.allclose(rollout([to_first, to_first]), torch.tensor([[1.0, 0.0], [0.75, 0.25]], dtype=torch.float64))
+    assert relevant_tokens(torch.tensor([0.5, 0.5]), 0.5).tolist() == [True, False]
+    assert relevant_tokens(torch.tensor([0.1, 0.6, 0.3]), 0.7).tolist() == [False, True, True]
+    assert relevant_tokens(torch.tensor([0.1, 0.6, 0.3]), 1.0).tolist() == [True, True, True]
+
+
+def test_bad_input_raises(toy_model_dir):
+    loaded = load(toy_model_dir("gpt2"))
+    ids = random_ids(1, 6)
+    left_padded = TokenWindows(ids, torch.tensor([[0, 1, 1, 1, 1, 1]]), 5)
+    with pytest.raises(ConfigError, match="right-padded"):
+        attention_unit_scores(loaded.model, loaded.adapter, left_padded, progress=False)
+    with pytest.raises(ConfigError, match="rollout_mass"):
+        attention_unit_scores(loaded.model, loaded.adapter, windows_of(ids), AttentionConfig(rollout_mass=0.0),
+                              progress=False)
+    with torch.inference_mode(), pytest.raises(ConfigError, match="inference_mode"):
+        attention_unit_scores(loaded.model, loaded.adapter, windows_of(ids), progress=False)
+
+
+# -- ablation and figure data --------------------------------------------------------------------
+def test_ablating_attention_units_edits_the_right_tensor(toy_model_dir):
+    ids = random_ids(1, 10, seed=8)
+    for family, layer, unit in (("mamba", 1, 3), ("gpt2", 1, 2)):
+        loaded = load(toy_model_dir(family))
+        with torch.no_grad(), ablated_attention_units(loaded.adapter, [AttentionUnit(layer, unit, 1.0)]):
+            ablated = loaded.model(input_ids=ids).logits
+        if family == "mamba":
+            weight, columns = loaded.adapter.neuron_module(layer).weight, (slice(None), unit)
+        else:
+            width = loaded.model.config.n_embd // loaded.adapter.num_heads
+            weight, columns = loaded.adapter.blocks()[layer].attn.c_proj.weight, slice(unit * width, (unit + 1) * width)
+        with torch.no_grad():
+            saved = weight.clone()
+            weight[columns] = 0.0
+            edited = loaded.model(input_ids=ids).logits
+            weight.copy_(saved)
+            plain = loaded.model(input_ids=ids).logits
+        assert torch.allclose(ablated, edited, atol=1e-6), family
+        assert not torch.allclose(ablated, plain, atol=1e-6), family
+
+
+@pytest.mark.parametrize("family", ["mamba", "gpt2"])
+def test_figure_data(toy_model_dir, family):
+    loaded = load(toy_model_dir(family))
+    ids = random_ids(1, 12, seed=9)
+    scores = attention_unit_scores(loaded.model, loaded.adapter, windows_of(ids), progress=False)
+    data = attention_figure_data(loaded.model, loaded.adapter, scores, ids[0], n_layers=2, n_units=2)
+    top = {layer: sorted(range(len(values)), key=lambda u: (-values[u], u))[:2]
+           for layer, values in scores.measure("attention_weighted").items()}
+    assert sorted(data.heatmaps) == sorted((layer, unit) for layer, units in top.items() for unit in units)
+    for (layer, unit), heatmap in data.heatmaps.items():
+        if family == "mamba":
+            raw = layer_hidden_attention(loaded.model, loaded.adapter, ids[0], layer, [unit])[0]
+        else:
+            raw = head_attention(loaded.model, loaded.adapter, ids, layer)[0, unit]
+        assert torch.allclose(torch.from_numpy(heatmap), row_normalized(raw)[0], atol=1e-6)
+        assert torch.allclose(torch.from_numpy(heatmap).sum(-1), torch.ones(12, dtype=torch.float32), atol=1e-5)
+    assert set(data.scores.columns) >= {"layer", "unit", "attention_weighted", "gradient_guided", "rollout",
+                                        "distance", "entropy"}
+    assert len(data.scores) == sum(len(values) for values in scores.measure("rollout").values())
