@@ -36,6 +36,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     seeds: int = 5
+    attention_windows: int = 4
     top_k: int = 10
     pruning_ratio: float = 0.1
     threshold: float | None = None
@@ -52,14 +53,15 @@ class RunConfig:
     no_cache: bool = False
     baseline: bool = False
     update_baselines: bool = False
+    baseline_dir: str = str(Path(__file__).resolve().parents[1] / "results" / "baselines")
 
     def __post_init__(self) -> None:
         self._check_range("pruning_ratio", 0.0, 1.0, open_interval=True)
         for name in ("dead_freq", "rare_freq", "ngram_coverage"):
             self._check_range(name, 0.0, 1.0)
-        if self.seeds < 2 or self.top_k < 1 or self.batch_size < 1 or self.analysis_window < 2:
-            raise ConfigError("--seeds must be ≥ 2 (controls report a std), --top-k and --batch-size ≥ 1, "
-                              "--analysis-window ≥ 2")
+        if self.seeds < 2 or min(self.top_k, self.batch_size, self.attention_windows) < 1 or self.analysis_window < 2:
+            raise ConfigError("--seeds must be ≥ 2 (controls report a std), --top-k, --batch-size and "
+                              "--attention-windows ≥ 1, --analysis-window ≥ 2")
 
     def _check_range(self, name: str, low: float, high: float, open_interval: bool = False) -> None:
         value = getattr(self, name)
@@ -113,6 +115,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--dtype", "dtype", str, "float32, bfloat16, float16 (default auto: bf16 on GPU, else fp32)"),
     Option("--seeds", "seeds", int, "random-control seeds per ablation condition (default 5)"),
     Option("--top-k", "top_k", int, "neurons kept by top-k analyses (default 10)"),
+    Option("--attention-windows", "attention_windows", int, "analysis windows scored for attention units (default 4)"),
     Option("--pruning-ratio", "pruning_ratio", float, "fraction of neurons the pruning condition removes (default 0.1)"),
     Option("--threshold", "threshold", float, "activation threshold τ (default: the adapter's, 0)"),
     Option("--dead-freq", "dead_freq", float, "ε: dead iff activation frequency ≤ ε (default 0)"),
@@ -128,6 +131,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--no-cache", "no_cache", None, "ignore and do not write the disk cache", flag_only=True),
     Option("--baseline", "baseline", None, "compare perplexity deltas with results/baselines/", flag_only=True),
     Option("--update-baselines", "update_baselines", None, "rewrite results/baselines/ from this run", flag_only=True),
+    Option("--baseline-dir", "baseline_dir", str, "where baselines live (default results/baselines/)"),
 )
 
 

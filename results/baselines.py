@@ -1,6 +1,6 @@
 """CI regression on perplexity deltas.
 
-``results/baselines/<model>-<dataset>.json`` holds, per ablation condition (its baseline key,
+``results/baselines/<model>-<dataset>.json`` (``--baseline-dir``) holds, per ablation condition (its baseline key,
 e.g. ``dead-zero``), the relative perplexity delta ``Δ = ppl_condition / ppl_baseline − 1``.
 With ``--baseline`` a case fails when ``|Δ_new − Δ_old| > tol · max(|Δ_old|, FLOOR)`` (``tol`` is
 ``--baseline-tolerance``, default 0.02; ``FLOOR = 1e-3`` keeps near-zero deltas from demanding
@@ -18,7 +18,6 @@ from neuronbench.config import RunConfig
 from neuronbench.errors import NeuronbenchError
 from neuronbench.storage import write_json_atomic
 
-BASELINE_DIR = Path(__file__).parent / "baselines"
 FLOOR = 1e-3
 METRIC = "ppl_delta_rel"
 
@@ -27,21 +26,22 @@ class BaselineRegression(NeuronbenchError):
     """A perplexity delta moved beyond the tolerance of its stored baseline."""
 
 
-def baseline_path(model: str, dataset: str) -> Path:
-    return BASELINE_DIR / f"{safe_name(model)}-{safe_name(Path(dataset).name if '/' in dataset else dataset)}.json"
+def baseline_path(directory: str | Path, model: str, dataset: str) -> Path:
+    return Path(directory) / f"{safe_name(model)}-{safe_name(Path(dataset).name if '/' in dataset else dataset)}.json"
 
 
-def load_baseline(model: str, dataset: str) -> dict:
-    path = baseline_path(model, dataset)
+def load_baseline(directory: str | Path, model: str, dataset: str) -> dict:
+    path = baseline_path(directory, model, dataset)
     if not path.is_file():
         raise NeuronbenchError(f"no baseline for {model} on {dataset}: expected {path}; "
                                "create it with --update-baselines")
     return json.loads(path.read_text())
 
 
-def check_against_baseline(model: str, dataset: str, key: str, value: float, tolerance: float) -> None:
+def check_against_baseline(config: RunConfig, model: str, key: str, value: float) -> None:
     """Raise :class:`BaselineRegression` (old and new numbers) if ``value`` left the band."""
-    stored = load_baseline(model, dataset)["conditions"]
+    dataset, tolerance = config.dataset, config.baseline_tolerance
+    stored = load_baseline(config.baseline_dir, model, dataset)["conditions"]
     if key not in stored:
         raise NeuronbenchError(f"baseline for {model} on {dataset} has no condition {key!r}; "
                                f"it has {sorted(stored)}. Rerun with --update-baselines")
@@ -65,5 +65,5 @@ def update_baselines(records: list[dict], config: RunConfig) -> list[Path]:
         payload = {"model": model, "dataset": dataset, "metric": METRIC,
                    "config": {k: v for k, v in config.to_record().items() if k in ("max_tokens", "eval_max_tokens", "max_length", "stride", "seeds", "pruning_ratio")},
                    "conditions": dict(sorted(conditions.items()))}
-        written.append(write_json_atomic(baseline_path(model, dataset), payload))
+        written.append(write_json_atomic(baseline_path(config.baseline_dir, model, dataset), payload))
     return written

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-HEADLINE = ("ppl", "word_perplexity", "bits_per_byte", "ppl_delta_rel", "z", "count", "percent", "n_neurons", "n_tokens")
+HEADLINE = ("ppl", "word_perplexity", "bits_per_byte", "ppl_delta_rel", "z", "count", "percent", "top_score", "mean_distance", "n_neurons", "n_tokens")
 
 
 def headline(metrics: dict) -> str:

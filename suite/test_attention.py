@@ -1,0 +1,60 @@
+"""Attention neurons: Mamba channels through their exact hidden attention, transformer heads
+through their attention probabilities (SPEC §4).
+
+``test_attention_units``: per method (``attention_weighted``, ``gradient_guided``, ``rollout``)
+the top-k units, with the scores behind them. ``test_attention_summary``: the diversity summary
+and the data of the six-panel attention figure (score histogram, top units, activation against
+importance, a heatmap, diversity, summary).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuronbench.attention.diversity import diversity_summary
+from neuronbench.attention.figures import attention_heatmaps
+from neuronbench.attention.scores import SCORE_METHODS
+
+pytestmark = pytest.mark.attention
+HEATMAP_TOKENS = 64
+
+
+@pytest.mark.parametrize("method", SCORE_METHODS)
+def test_attention_units(workspace, record, method):
+    scores = workspace.attention_scores
+    by_layer = scores.measure(method)
+    for layer, values in by_layer.items():
+        assert np.isfinite(values).all(), f"layer {layer}: non-finite {method} scores"
+    top = scores.top_k(method, workspace.config.top_k)
+    chosen: dict[int, list[int]] = {}
+    for unit in top:
+        chosen.setdefault(unit.layer, []).append(unit.index)
+    record(workspace, analysis="attention", method=method, neuron_type=scores.unit,
+           metrics={"n_units": sum(v.size for v in by_layer.values()), "top_score": top[0].score,
+                    "mean_score": float(np.mean(np.concatenate(list(by_layer.values())))),
+                    "n_tokens": scores.n_tokens},
+           thresholds={"top_k": workspace.config.top_k, "rollout_mass": scores.rollout_mass},
+           neurons=chosen, tokens=scores.n_tokens,
+           arrays={f"layer{layer}/attention_{method}": values for layer, values in by_layer.items()})
+
+
+def test_attention_summary(workspace, record):
+    scores = workspace.attention_scores
+    summary = diversity_summary(scores, workspace.config.top_k)
+    best = scores.top_k("attention_weighted", 1)[0]
+    input_ids = workspace.attention_windows.input_ids[0, :HEATMAP_TOKENS]
+    heatmap = attention_heatmaps(workspace.loaded.model, workspace.loaded.adapter, input_ids,
+                                 {best.layer: [best.index]})[(best.layer, best.index)]
+    assert np.isfinite(heatmap).all()
+    frame = scores.to_frame()
+    record(workspace, analysis="attention", method="summary", neuron_type=scores.unit,
+           metrics={"n_units": summary["all_units"]["n_units"],
+                    "mean_distance": summary["all_units"]["mean_distance"],
+                    "mean_entropy": summary["all_units"]["mean_entropy"],
+                    **{f"overlap[{pair}]": value for pair, value in summary["overlap"].items()}},
+           tokens=scores.n_tokens,
+           figures={"attention": {"unit": scores.unit, "frame": frame.to_dict(orient="list"),
+                                  "heatmap": {"layer": best.layer, "unit": best.index,
+                                              "values": np.asarray(heatmap).tolist()},
+                                  "diversity": summary}})
