@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,3 +50,89 @@ def render_figures(records: list[dict], plots: Path) -> list[Path]:
         if chosen:
             written.extend(renderer(chosen, plots))
     return written
+
+
+def _model_label(record: dict) -> str:
+    return Path(record["model"]).name if "/" in record["model"] else record["model"]
+
+
+@figure("ablation")
+def ablation_chart(records: list[dict], plots: Path) -> list[Path]:
+    """Relative perplexity change of each condition (bars) against its random control (mean ± std
+    over seeds, error bars), one panel per model and ablation mode."""
+    panels = sorted({(_model_label(r), r["mode"]) for r in records})
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
+    for ax, (model, mode) in zip(axes[:, 0], panels):
+        chosen = [r for r in records if _model_label(r) == model and r["mode"] == mode]
+        names = [r["figures"]["ablation"]["condition"] for r in chosen]
+        base = np.array([r["metrics"]["baseline_ppl"] for r in chosen])
+        cond = np.array([r["metrics"]["ppl"] for r in chosen]) / base - 1
+        ctrl = np.array([r["metrics"]["control_ppl_mean"] for r in chosen]) / base - 1
+        err = np.array([r["metrics"]["control_ppl_std"] for r in chosen]) / base
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, 100 * cond, width=0.4, label="condition")
+        ax.bar(x + 0.2, 100 * ctrl, width=0.4, yerr=100 * err, capsize=3, label="random control (mean ± std)")
+        ax.set_xticks(x, names, rotation=20, ha="right")
+        ax.set_ylabel("Δ perplexity (%)")
+        ax.set_title(f"{model}: {mode}-ablation")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.legend(fontsize=8)
+    return [save(fig, plots / "ablation.png")]
+
+
+@figure("attention")
+def attention_panels(records: list[dict], plots: Path) -> list[Path]:
+    """Six panels per model: score histogram, top units, activation (attention_weighted) against
+    importance (gradient_guided), a heatmap of the strongest unit, diversity, summary."""
+    written = []
+    for record in records:
+        data = record["figures"]["attention"]
+        frame = data["frame"]
+        weighted, guided = np.asarray(frame["attention_weighted"]), np.asarray(frame["gradient_guided"])
+        fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+        sns.histplot(weighted, ax=axes[0, 0], bins=40)
+        axes[0, 0].set(title="activation (attention_weighted)", xlabel="score", ylabel="units")
+        order = np.argsort(-weighted)[:10]
+        labels = [f"L{frame['layer'][i]}.{frame['unit'][i]}" for i in order]
+        axes[0, 1].barh(labels[::-1], weighted[order][::-1])
+        axes[0, 1].set(title=f"top {data['unit']}s", xlabel="attention_weighted")
+        axes[0, 1].ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+        axes[0, 2].scatter(weighted, guided, s=8, c=frame["layer"], cmap="viridis")
+        axes[0, 2].set(title="activation vs importance", xlabel="attention_weighted", ylabel="gradient_guided")
+        heat = data["heatmap"]
+        sns.heatmap(np.asarray(heat["values"]), ax=axes[1, 0], cmap="magma", cbar=True, xticklabels=False,
+                    yticklabels=False)
+        axes[1, 0].set(title=f"attention of L{heat['layer']}.{heat['unit']}", xlabel="key", ylabel="query")
+        axes[1, 1].scatter(frame["distance"], frame["entropy"], s=8, c=frame["layer"], cmap="viridis")
+        axes[1, 1].set(title="diversity: distance vs entropy", xlabel="mean distance (tokens)",
+                       ylabel="entropy (nats)")
+        diversity = data["diversity"]
+        lines = [f"{method}: {len(v['per_layer'])} layers, mean distance {v['mean_distance'] or float('nan'):.2f}"
+                 for method, v in diversity["methods"].items()]
+        lines += [f"overlap {pair}: {value:.2f}" for pair, value in diversity["overlap"].items()]
+        axes[1, 2].axis("off")
+        axes[1, 2].text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8)
+        axes[1, 2].set(title="summary")
+        fig.suptitle(f"{_model_label(record)}: attention {data['unit']}s")
+        written.append(save(fig, plots / f"attention_{_model_label(record)}.png"))
+    return written
+
+
+@figure("activation_distribution")
+def activation_distributions(records: list[dict], plots: Path) -> list[Path]:
+    """Per-neuron max activation and activation frequency: histograms, frequency against max,
+    and the cumulative distribution of frequency, one row per model."""
+    fig, axes = plt.subplots(len(records), 4, figsize=(16, 3.4 * len(records)), squeeze=False)
+    for row, record in zip(axes, records):
+        data = record["figures"]["activation_distribution"]
+        freq, maximum = np.asarray(data["freq"]), np.asarray(data["max"])
+        sns.histplot(maximum, bins=50, ax=row[0])
+        row[0].set(title=f"{_model_label(record)}: max activation", xlabel="max a", ylabel="neurons")
+        sns.histplot(freq, bins=50, ax=row[1])
+        row[1].set(title="activation frequency", xlabel="freq", ylabel="neurons")
+        row[2].scatter(maximum, freq, s=4, alpha=0.5)
+        row[2].set(title="frequency vs max", xlabel="max a", ylabel="freq")
+        ordered = np.sort(freq)
+        row[3].plot(ordered, np.arange(1, ordered.size + 1) / ordered.size)
+        row[3].set(title="cumulative", xlabel="freq", ylabel="fraction of neurons ≤ freq")
+    return [save(fig, plots / "activation_distributions.png")]

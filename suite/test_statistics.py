@@ -26,4 +26,7 @@ def test_statistics(workspace, record, benchmark):
     record(workspace, analysis="statistics", method="one-pass capture",
            metrics={"n_tokens": stats.n_tokens, "n_windows": stats.n_windows, "n_layers": len(stats.layers),
                     "cache_hit": bool(workspace.cache_hit)},
-           thresholds={"tau": stats.threshold, "sweep": list(stats.sweep)}, arrays=arrays)
+           thresholds={"tau": stats.threshold, "sweep": list(stats.sweep)}, arrays=arrays,
+           figures={"activation_distribution": {
+               "freq": np.concatenate([stats.freq(layer) for layer in sorted(stats.layers)]).tolist(),
+               "max": np.concatenate([stats.layer(layer)["max"] for layer in sorted(stats.layers)]).tolist()}})
