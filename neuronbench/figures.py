@@ -136,3 +136,93 @@ def activation_distributions(records: list[dict], plots: Path) -> list[Path]:
         row[3].plot(ordered, np.arange(1, ordered.size + 1) / ordered.size)
         row[3].set(title="cumulative", xlabel="freq", ylabel="fraction of neurons ≤ freq")
     return [save(fig, plots / "activation_distributions.png")]
+
+
+def _per_model_lines(ax: plt.Axes, records: list[dict], key: str, part: str, field: str, label: str) -> None:
+    for record in records:
+        data = record["figures"][key][part]
+        values = [np.nan if v is None else v for v in data[field]]
+        ax.plot(data["layers"], values, marker="o", label=_model_label(record))
+    ax.set(xlabel="layer", ylabel=label)
+    ax.legend(fontsize=8)
+
+
+@figure("dead")
+def dead_figures(records: list[dict], plots: Path) -> list[Path]:
+    """Figure 1a (% dead neurons per layer), 1b (mean activation frequency of the alive neurons),
+    overlaid across models, and the τ sweep (dead % per layer and τ) per model."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    _per_model_lines(axes[0], records, "dead", "fig1a", "dead_percent", "dead neurons (%)")
+    axes[0].set_title("Figure 1a: dead neurons")
+    _per_model_lines(axes[1], records, "dead", "fig1b", "mean_freq_alive", "mean frequency of alive neurons")
+    axes[1].set_title("Figure 1b: activation frequency")
+    written = [save(fig, plots / "fig1_dead.png")]
+    fig, axes = plt.subplots(1, len(records), figsize=(5.5 * len(records), 3.8), squeeze=False)
+    for ax, record in zip(axes[0], records):
+        sweep = record["figures"]["dead"]["sweep"]
+        for tau, column in zip(sweep["tau"], np.asarray(sweep["dead_percent"]).T):
+            ax.plot(sweep["layers"], column, marker=".", label=f"τ = {tau}")
+        ax.set(title=f"{_model_label(record)}: τ sweep", xlabel="layer", ylabel="dead neurons (%)")
+        ax.legend(fontsize=7)
+    written.append(save(fig, plots / "dead_tau_sweep.png"))
+    return written
+
+
+@figure("ngram")
+def ngram_figures(records: list[dict], plots: Path) -> list[Path]:
+    """Figure 2 per model (alive neurons per layer binned by unigram count, stacked), and overlaid
+    across models 3a (token-detecting neurons per layer), 3b (tokens covered per layer and
+    cumulatively) and 4 (tokens new against all earlier layers and against the previous one)."""
+    written = []
+    for record in records:
+        data = record["figures"]["ngram"]["fig2"]
+        counts = np.asarray(data["counts"], dtype=float)
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        bottom = np.zeros(len(data["layers"]))
+        for column, name in zip(counts.T, data["bins"]):
+            ax.bar(data["layers"], column, bottom=bottom, label=name)
+            bottom += column
+        ax.set(title=f"Figure 2: {_model_label(record)}", xlabel="layer", ylabel="alive neurons")
+        ax.legend(title="unigrams", fontsize=7, ncols=2)
+        written.append(save(fig, plots / f"fig2_unigram_bins_{_model_label(record)}.png"))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    _per_model_lines(axes[0], records, "ngram", "fig3a", "token_detecting", "token-detecting neurons")
+    axes[0].set_title("Figure 3a")
+    _per_model_lines(axes[1], records, "ngram", "fig3b", "covered", "tokens covered (layer)")
+    for record in records:
+        cumulative = record["figures"]["ngram"]["fig3b"]
+        axes[1].plot(cumulative["layers"], cumulative["cumulative"], linestyle="--",
+                     label=f"{_model_label(record)} (cumulative)")
+    axes[1].legend(fontsize=7)
+    axes[1].set_title("Figure 3b")
+    _per_model_lines(axes[2], records, "ngram", "fig4", "new_vs_all_earlier", "new tokens")
+    for record in records:
+        fig4 = record["figures"]["ngram"]["fig4"]
+        axes[2].plot(fig4["layers"], fig4["new_vs_previous"], linestyle="--",
+                     label=f"{_model_label(record)} (vs previous layer)")
+    axes[2].legend(fontsize=7)
+    axes[2].set_title("Figure 4")
+    written.append(save(fig, plots / "fig3_fig4_token_detectors.png"))
+    return written
+
+
+@figure("positional")
+def positional_figure(records: list[dict], plots: Path) -> list[Path]:
+    """Figure 8: mean activation against position of the strongest positional neurons, in up to
+    four layers per model."""
+    written = []
+    for record in records:
+        data = record["figures"]["positional"]
+        layers = [layer for layer, v in data["layers"].items() if v["neurons"]][:4]
+        if not layers:
+            continue
+        fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.4), squeeze=False)
+        for ax, layer in zip(axes[0], layers):
+            profile = data["layers"][layer]
+            for neuron, curve, kind in zip(profile["neurons"], profile["mean_activation"], profile["types"]):
+                ax.plot(data["positions"], curve, label=f"{neuron} ({kind})")
+            ax.set(title=f"layer {layer}", xlabel="position", ylabel="mean activation")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"Figure 8: {_model_label(record)}")
+        written.append(save(fig, plots / f"fig8_positional_{_model_label(record)}.png"))
+    return written

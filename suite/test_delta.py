@@ -1,0 +1,23 @@
+"""Δ-sensitive neurons (Mamba: spread of log Δ per channel) or, for models without Δ, input-change
+sensitivity (mean normalized change of a neuron's activation over the following positions when
+one input token is replaced). The record's ``method`` says which; top-k per layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.delta
+
+
+def test_sensitivity(workspace, record):
+    method, found = workspace.sensitivity
+    for layer, detection in found.items():
+        assert np.isfinite(detection.scores).all(), f"layer {layer}: non-finite {method} scores"
+        assert detection.indices.size == min(workspace.config.top_k, detection.width)
+    record(workspace, analysis="delta", method=method, neuron_type="sensitive",
+           metrics={"count": sum(int(d.indices.size) for d in found.values()),
+                    "top_score": float(max(d.scores.max() for d in found.values()))},
+           thresholds=next(iter(found.values())).thresholds,
+           neurons={layer: d.indices.tolist() for layer, d in found.items()},
+           arrays={f"layer{layer}/delta_score": d.scores for layer, d in found.items()})

@@ -1,0 +1,36 @@
+"""N-gram and token-detecting neurons (Voita et al. 2023 §4).
+
+A neuron active at position k is triggered by the n-gram ending at k (BOS excluded). Records the
+token-detecting neurons with Figures 2, 3a, 3b and 4, and the trigram detectors (1–50 trigrams;
+exact tables for the candidate neurons from one extra, explicit pass).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from neuronbench.detectors.figures import new_tokens, token_detectors_per_layer, tokens_covered, unigram_count_bins
+
+pytestmark = pytest.mark.ngram
+
+
+def test_token_detecting(workspace, record):
+    token, dead = workspace.detections("token"), workspace.detections("dead")
+    count = sum(int(d.indices.size) for d in token.values())
+    covered = tokens_covered(token)
+    record(workspace, analysis="ngram", method="unigram", neuron_type="token",
+           metrics={"count": count, "tokens_covered": covered["cumulative"][-1] if covered["cumulative"] else 0,
+                    **{f"layer{l}": int(d.indices.size) for l, d in token.items()}},
+           thresholds=next(iter(token.values())).thresholds,
+           neurons={layer: d.indices.tolist() for layer, d in token.items()},
+           figures={"ngram": {"fig2": unigram_count_bins(token, dead), "fig3a": token_detectors_per_layer(token),
+                              "fig3b": covered, "fig4": new_tokens(token)}})
+
+
+def test_trigram(workspace, record):
+    trigram = workspace.trigram_detections
+    count = sum(int(d.indices.size) for d in trigram.values())
+    record(workspace, analysis="ngram", method="trigram", neuron_type="trigram",
+           metrics={"count": count, **{f"layer{l}": int(d.indices.size) for l, d in trigram.items()}},
+           thresholds=next(iter(trigram.values())).thresholds if trigram else {},
+           neurons={layer: d.indices.tolist() for layer, d in trigram.items()})
