@@ -33,4 +33,4 @@ NEURON_TYPES: dict[str, NeuronType] = {
 
 def trigram_thresholds(config: RunConfig) -> dict:
     """Thresholds of the trigram detector (and of its candidate pass)."""
-    return {"coverage": config.ngram_coverage}
+    return {"coverage": config.ngram_coverage, "min_occurrences": config.min_occurrences}

@@ -22,7 +22,7 @@ import numpy as np
 from neuronbench.capture import ActivationStatistics
 from neuronbench.errors import NeuronbenchError
 
-GLOBAL_ARRAYS = ("token_ids", "token_occurrences")
+GLOBAL_ARRAYS = ActivationStatistics.GLOBAL_ARRAYS
 
 
 def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from neuronbench.capture import CaptureConfig, capture_statistics
+from neuronbench.capture import CaptureConfig, NeuronLayout, StatisticsCollector, capture_statistics
 from neuronbench.data import TokenWindows
-from neuronbench.errors import CaptureError, LayerRangeError
+from neuronbench.errors import CaptureError, ConfigError, LayerRangeError, NeuronRangeError
 from neuronbench.models import load_model
 from neuronbench.names import NEURONS, SSM_DELTA, act_name
 
@@ -90,8 +90,9 @@ def test_streaming_statistics_equal_full_tensor_statistics(toy_model_dir, family
         np.testing.assert_array_equal(got["pos_tokens"], np.full(WINDOW, 7))
         rows = {int(t): i for i, t in enumerate(stats.token_ids)}
         assert set(rows) == set(expected["token_active"])
+        token_active = stats.token_active(layer)
         for token, counts in expected["token_active"].items():
-            np.testing.assert_array_equal(got["token_active"][rows[token]], counts)
+            np.testing.assert_array_equal(token_active[rows[token]], counts)
         np.testing.assert_allclose(stats.freq(layer), expected["active_count"] / stats.n_tokens)
         if family == "mamba":
             log_delta = reference[act_name(layer, SSM_DELTA)][windows.attention_mask.bool()].log()
@@ -116,8 +117,8 @@ def test_padding_never_counts(toy_model_dir):
     alone = TokenWindows(input_ids=padded.input_ids[-1:], attention_mask=padded.attention_mask[-1:], n_tokens=6)
     with_padding = capture_statistics(loaded.model, loaded.adapter, alone, config, progress=False)
     for layer in (0, 1):
-        for name in ("active_count", "token_active"):
-            np.testing.assert_array_equal(with_padding.layer(layer)[name], last_only.layer(layer)[name])
+        np.testing.assert_array_equal(with_padding.layer(layer)["active_count"], last_only.layer(layer)["active_count"])
+        np.testing.assert_array_equal(with_padding.token_active(layer), last_only.token_active(layer))
         for name in ("sum", "max", "min"):
             np.testing.assert_allclose(with_padding.layer(layer)[name], last_only.layer(layer)[name],
                                        rtol=1e-5, atol=1e-7)
@@ -140,3 +141,71 @@ def test_hook_that_never_fires_is_an_error(toy_model_dir):
     loaded.adapter.neuron_module = lambda layer: torch.nn.Linear(64, 64)  # a module the model never calls
     with pytest.raises(CaptureError, match="did not fire"):
         capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(), progress=False)
+
+
+# -- model-free feeding: count tiers and trigram statistics ------------------------------------
+def feed_layout(ids: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor, batch: int, **config):
+    """Feed ``acts [N, T, W]`` for one layer through the capture statistics, without a model."""
+    layout = NeuronLayout(num_layers=1, width=acts.shape[-1])
+    collector = StatisticsCollector(layout, CaptureConfig(**config), ids.shape[1], int(ids.max()) + 1,
+                                    torch.device("cpu"))
+    for start in range(0, ids.shape[0], batch):
+        part = slice(start, start + batch)
+        collector.feed(ids[part], mask[part], {act_name(0, NEURONS): acts[part]})
+    return collector.result()
+
+
+def test_count_tiers_promote_rows_and_keep_counts_exact():
+    """Token 7 (≈ 40,000 occurrences) jumps straight to the int16 tier and is promoted to int32
+    past 32,767; token 3 (300) is promoted from uint8 to int16 mid-stream; neuron 0 is always
+    active, so its counts must reach the occurrence counts without overflow."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 60, (500, 100), generator=generator)
+    ids[torch.rand(ids.shape, generator=generator) < 0.8] = 7
+    ids.view(-1)[torch.randperm(ids.numel(), generator=generator)[:300]] = 3
+    mask = torch.ones_like(ids)
+    acts = torch.randn(500, 100, 3, generator=generator)
+    acts[..., 0] = 1.0
+    stats = feed_layout(ids, mask, acts, batch=20, positional=False)
+    rows = {int(t): i for i, t in enumerate(stats.token_ids)}
+    assert stats.token_tier[rows[7]] == 2 and stats.token_tier[rows[3]] == 1
+    assert stats.token_tier[rows[int(ids[ids != 7][ids[ids != 7] != 3][0])]] == 0
+    assert stats.layer(0)["token_active_tier0"].dtype == np.uint8
+    expected = np.zeros((60, 3), dtype=np.int64)
+    np.add.at(expected, ids.flatten().numpy(), (acts > 0).reshape(-1, 3).numpy().astype(np.int64))
+    np.testing.assert_array_equal(stats.token_active(0), expected[stats.token_ids])
+    assert stats.token_active(0, [0])[rows[7], 0] == int((ids == 7).sum()) > 32_767
+    np.testing.assert_array_equal(stats.token_occurrences[stats.token_ids], expected[stats.token_ids, 0])
+
+
+def test_trigram_statistics_equal_naive_counts():
+    from test_detectors_reference import naive_ngram_tables
+
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 6, (30, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[-1, 5:] = 0
+    acts = torch.randn(30, 9, 4, generator=generator)
+    stats = feed_layout(ids, mask, acts, batch=7, exclude_token_ids=frozenset({0}), trigram_neurons={0: [3, 1]})
+    tables, occurrences = naive_ngram_tables(acts.numpy(), ids.numpy(), mask.numpy(), 0.0, {0}, 3)
+    assert dict(zip(map(tuple, stats.trigram_tokens.tolist()), stats.trigram_occurrences.tolist())) == occurrences
+    arrays = stats.layer(0)
+    np.testing.assert_array_equal(arrays["trigram_active_count"], [sum(t.values()) for t in tables])
+    assert arrays["trigram_neurons"].tolist() == [1, 3]
+    got: dict[int, dict] = {1: {}, 3: {}}
+    for neuron, trigram, count in zip(arrays["trigram_pair_neuron"], arrays["trigram_pair_trigram"],
+                                      arrays["trigram_pair_count"]):
+        got[int(neuron)][tuple(stats.trigram_tokens[trigram].tolist())] = int(count)
+    assert got == {1: dict(tables[1]), 3: dict(tables[3])}
+
+
+@pytest.mark.parametrize("config, error, message", [
+    (dict(trigram_neurons={1: [0]}), ConfigError, "not captured"),
+    (dict(trigram_neurons={0: [4]}), NeuronRangeError, r"0\.\.3"),
+    (dict(trigram_neurons="some"), ConfigError, "'all'"),
+    (dict(trigram_neurons="all", trigrams=False), ConfigError, "trigrams=True"),
+])
+def test_bad_trigram_neuron_selection_is_rejected(config, error, message):
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(error, match=message):
+        feed_layout(ids, torch.ones_like(ids), torch.zeros(2, 4, 4), batch=2, **config)

@@ -1,0 +1,156 @@
+"""N-gram coverage and token-detecting neurons (Voita et al. 2023 §4).
+
+A neuron active at position ``k`` is *triggered by* the n-gram ending at ``k``. For neuron ``j``
+let ``c_j(g)`` be its number of activations triggered by n-gram ``g``, ``N_j = Σ_g c_j(g)`` and
+``occ(g)`` the occurrences of ``g`` (excluded tokens such as BOS never count, neither as a
+trigger nor as an occurrence).
+
+* n-gram count: ``n_j = min{k : (sum of the k largest c_j(g)) ≥ coverage · N_j}`` (0 if ``N_j = 0``),
+  default coverage 0.95;
+* covered n-grams: ``{g : occ(g) ≥ min_occurrences and c_j(g) ≥ occurrence_rate · occ(g)}``
+  (the neuron fires on ≥ 95% of the n-gram's occurrences; default min_occurrences 1);
+* covered share: ``Σ_{g covered} c_j(g) / N_j``.
+
+Token-detecting (unigrams): ``1 ≤ n_j ≤ 5`` and covered share ``≥ 0.95``. Trigram-detecting
+(:mod:`neuronbench.detectors.trigram`) applies the same rule to trigrams with ``1 ≤ n_j ≤ 50``.
+Unigram statistics count every real, non-excluded position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neuronbench.capture import ActivationStatistics
+from neuronbench.detectors.result import Detection, check_count, check_range, select_layers
+from neuronbench.errors import CaptureError
+
+NGRAM_COVERAGE = 0.95
+"""Share of a neuron's activations its n-gram count must cover."""
+OCCURRENCE_RATE = 0.95
+"""A covered n-gram: the neuron fires on at least this share of its occurrences."""
+COVERED_SHARE = 0.95
+"""Share of a detector's activations its covered n-grams must account for."""
+MIN_OCCURRENCES = 1
+"""A covered n-gram occurs at least this many times."""
+MAX_TOKENS = 5
+"""Token-detecting: at most this many unigrams cover its activations."""
+NEURON_CHUNK = 256
+"""Neurons per block when the per-token table is materialised (bounds analysis memory)."""
+
+
+def ascending_by_neuron(counts: np.ndarray) -> np.ndarray:
+    """``counts [K, C]`` as ``[C, K]`` with each neuron's counts sorted ascending (exact; a radix sort
+    on the narrowest unsigned dtype that holds them)."""
+    top = int(counts.max(initial=0))
+    dtype = next(d for d in (np.uint8, np.uint16, np.uint32, np.uint64) if top <= np.iinfo(d).max)
+    return np.sort(np.ascontiguousarray(counts.T, dtype=dtype), axis=1, kind="stable")
+
+
+def ngram_counts(counts: np.ndarray, coverage: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(n-gram count, N)`` per neuron of ``counts [K, C]`` (n-grams × neurons).
+
+    With ``s`` a neuron's counts sorted ascending, the sum of its ``k`` largest is
+    ``N − (s_0 + … + s_{K−k−1})``, so ``count = 1 + #{i < K−1 : N − (s_0 + … + s_i) < coverage·N}``
+    (exact integer prefix sums; 0 when ``N = 0``).
+    """
+    total = counts.sum(axis=0)
+    prefix = torch.from_numpy(ascending_by_neuron(counts)[:, :-1].astype(np.int64)).cumsum(dim=1).numpy()
+    count = 1 + ((total[:, None] - prefix) < coverage * total[:, None]).sum(axis=1)
+    count[total == 0] = 0
+    return count.astype(np.int64), total
+
+
+@dataclass(frozen=True)
+class BlockDetection:
+    """N-gram detection in a block of neurons (columns): counts and totals of every column; for
+    columns whose count is in range, the covered share; for detected columns, the row indices of
+    their covered n-grams."""
+
+    count: np.ndarray
+    total: np.ndarray
+    share: dict[int, float]
+    covered: dict[int, np.ndarray]
+
+
+@dataclass(frozen=True)
+class NgramThresholds:
+    """Validated thresholds of an n-gram detector (ranges in :meth:`check`)."""
+
+    coverage: float
+    occurrence_rate: float
+    covered_share: float
+    min_occurrences: int
+
+    @classmethod
+    def check(cls, coverage: float, occurrence_rate: float, covered_share: float,
+              min_occurrences: int) -> NgramThresholds:
+        return cls(check_range("n-gram coverage", coverage, 0.0, 1.0, low_open=True),
+                   check_range("covered n-gram occurrence rate", occurrence_rate, 0.0, 1.0, low_open=True),
+                   check_range("covered share", covered_share, 0.0, 1.0, low_open=True),
+                   check_count("minimum occurrences", min_occurrences))
+
+    def detect(self, counts: np.ndarray, occurrences: np.ndarray, low: int, high: int) -> BlockDetection:
+        """Detect in ``counts [K, C]``: ``low ≤ count ≤ high`` and covered share ``≥ covered_share``;
+        ``occurrences`` is ``[K]`` (the same n-grams for every column) or ``[K, C]``."""
+        count, total = ngram_counts(counts, self.coverage)
+        share, covered = {}, {}
+        for column in np.flatnonzero((count >= low) & (count <= high)):
+            hits, seen = counts[:, column], occurrences if occurrences.ndim == 1 else occurrences[:, column]
+            rows = np.flatnonzero((seen >= self.min_occurrences) & (hits >= self.occurrence_rate * seen))
+            covered_activations = int(hits[rows].sum())
+            share[int(column)] = covered_activations / total[column]
+            if covered_activations >= self.covered_share * total[column]:
+                covered[int(column)] = rows
+        return BlockDetection(count, total, share, covered)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"coverage": self.coverage, "occurrence_rate": self.occurrence_rate,
+                "covered_share": self.covered_share, "min_occurrences": self.min_occurrences}
+
+
+def require_token_counts(stats: ActivationStatistics) -> None:
+    if stats.token_ids is None:
+        raise CaptureError("n-gram detectors need the per-token counts: capture with CaptureConfig(token_counts=True)")
+    if stats.token_ids.size == 0:
+        raise CaptureError("n-gram detectors need at least one non-excluded token; the capture counted none")
+
+
+def neuron_chunks(width: int, chunk: int = NEURON_CHUNK) -> list[np.ndarray]:
+    return [np.arange(start, min(start + chunk, width)) for start in range(0, width, chunk)]
+
+
+def detect_token_detecting(stats: ActivationStatistics, *, layers: Sequence[int] | str | None = None,
+                           max_tokens: int = MAX_TOKENS, coverage: float = NGRAM_COVERAGE,
+                           occurrence_rate: float = OCCURRENCE_RATE, covered_share: float = COVERED_SHARE,
+                           min_occurrences: int = MIN_OCCURRENCES) -> dict[int, Detection]:
+    """Token-detecting neurons: ``1 ≤ unigram count ≤ max_tokens`` and covered share ≥ ``covered_share``.
+
+    Scores: the unigram count of every neuron (float64; 0 for a neuron never active on a
+    non-excluded token). ``details``: ``covered_tokens`` (token ids per detected neuron),
+    ``n_activations`` (``N_j`` per neuron) and ``covered_share`` (for each neuron whose unigram count
+    is in range).
+    """
+    thresholds = NgramThresholds.check(coverage, occurrence_rate, covered_share, min_occurrences)
+    max_tokens = check_count("maximum tokens of a token-detecting neuron", max_tokens)
+    require_token_counts(stats)
+    occurrences = stats.token_occurrences[stats.token_ids]
+    out = {}
+    for layer in select_layers(stats, layers):
+        width = stats.layer(layer)["active_count"].size
+        count, total = np.zeros(width), np.zeros(width, dtype=np.int64)
+        share: dict[int, float] = {}
+        covered: dict[int, np.ndarray] = {}
+        for neurons in neuron_chunks(width):
+            block = thresholds.detect(stats.token_active(layer, neurons), occurrences, 1, max_tokens)
+            count[neurons], total[neurons] = block.count, block.total
+            share.update({int(neurons[c]): value for c, value in block.share.items()})
+            covered.update({int(neurons[c]): stats.token_ids[rows] for c, rows in block.covered.items()})
+        out[layer] = Detection("token", layer, np.array(sorted(covered), dtype=np.int64), count, "unigram_count",
+                               {**thresholds.as_dict(), "max_tokens": max_tokens, "tau": stats.threshold},
+                               int(stats.token_occurrences.sum()),
+                               {"covered_tokens": covered, "n_activations": total, "covered_share": share})
+    return out
