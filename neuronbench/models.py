@@ -25,9 +25,8 @@ from torch import nn
 from neuronbench.adapters import ArchitectureAdapter, adapter_for
 from neuronbench.errors import ModelLoadError, UnknownModelError
 from neuronbench.hub import hub_offline
-
-ZOO_DIR = Path(__file__).parent / "zoo"
-"""Where the built-in trained models ship (package data)."""
+from neuronbench.zoo.artifacts import ZOO_ROOT as ZOO_DIR
+from neuronbench.zoo.artifacts import verify_builtin
 
 BUILTIN_MODELS = ("tiny-gpt2", "tiny-mamba")
 
@@ -169,6 +168,8 @@ def _load_hub(source: ModelSource, dtype: torch.dtype):
 
 
 def _load_local(source: ModelSource, dtype: torch.dtype):
+    if source.kind == "builtin":
+        verify_builtin(source.name, source.location)
     try:
         return _from_pretrained(source.location, dtype, local_only=True)
     except Exception as error:  # re-raised with the path and a fix
