@@ -307,3 +307,13 @@ def test_standard_conditions_keep_mean_ablation_of_mamba_channels(toy_model_dir)
     runner = runner_for(mamba, stats, seeds=2)
     mean_head = runner.perplexity({0: [3]}, "mean", "head")
     assert mean_head is runner.perplexity({0: [3]}, "mean", "neuron")  # one cached evaluation
+
+
+def test_identical_controls_give_zero_std_and_no_spurious_z():
+    from neuronbench.ablation.controls import summarize_controls
+
+    value = 110.45475819910395  # a float whose 5-fold numpy mean is off by one ulp
+    summary = summarize_controls(value, range(5), [value] * 5)
+    assert summary.std == 0.0 and summary.mean == value
+    assert math.isnan(summary.z)
+    assert summarize_controls(value + 1, range(5), [value] * 5).z == math.inf

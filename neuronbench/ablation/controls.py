@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import statistics
+
 import numpy as np
 
 from neuronbench.ablation.neurons import NeuronSet, NeuronSetLike, counts
@@ -74,8 +76,12 @@ class ControlSummary:
 
 
 def summarize_controls(ppl: float, seeds: Sequence[int], ppls: Sequence[float]) -> ControlSummary:
-    """Mean, std (ddof=1) and z of a condition's perplexity ``ppl`` against its controls."""
-    values = np.asarray(ppls, dtype=np.float64)
-    mean, std = float(values.mean()), float(values.std(ddof=1))
-    return ControlSummary(tuple(seeds), tuple(float(v) for v in values), mean, std,
-                          z_score(ppl, mean, std))
+    """Mean, std (ddof=1) and z of a condition's perplexity ``ppl`` against its controls.
+
+    Computed with :mod:`statistics` (exact rational arithmetic), so identical control values give
+    exactly ``std = 0`` and their own value as the mean, never a rounding-noise z-score."""
+    values = tuple(float(v) for v in ppls)
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    if len(set(values)) == 1:
+        mean = values[0]
+    return ControlSummary(tuple(seeds), values, mean, std, z_score(ppl, mean, std))

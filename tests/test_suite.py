@@ -1,0 +1,144 @@
+"""The declarative suite end to end, in subprocesses: disk cache, xdist aggregation, baseline
+regression, seed-compatible entry points, and bad input (unknown model, failing model, interrupt)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.workspace import safe_name
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--max-tokens", "1024", "--eval-max-tokens", "600", "--analysis-window", "32", "--max-length", "64",
+         "--seeds", "2", "-p", "no:cacheprovider", "--benchmark-disable", "-q"]
+VOLATILE = {"started", "cache_hit", "case_duration"}
+
+
+def run_suite(*args: str, cwd: Path = ROOT, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg", **env_extra}
+    return subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "suite"), *SMALL, *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def stable(records: list[dict]) -> list[dict]:
+    """Records without run-specific fields, in case order."""
+    cleaned = []
+    for record in records:
+        record = {k: v for k, v in record.items() if k not in VOLATILE and k != "arrays_file"}
+        record["metrics"] = {k: v for k, v in record["metrics"].items() if k not in VOLATILE}
+        cleaned.append(record)
+    return sorted(cleaned, key=lambda r: (r["case"], r["model"], r.get("layer") or -1))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from neuronbench.toy import build_toy_model
+
+    root = tmp_path_factory.mktemp("suite_models")
+    return {family: str(build_toy_model(family, root / f"toy-{family}", initializer_range=0.2))
+            for family in ("gpt2", "mamba")}
+
+
+def test_second_run_uses_the_disk_cache_and_gives_identical_results(toy, tmp_path):
+    common = ["--model", toy["gpt2"], "-m", "statistics", "--cache-dir", str(tmp_path / "cache")]
+    first = run_suite(*common, "--out", str(tmp_path / "a"))
+    second = run_suite(*common, "--out", str(tmp_path / "b"))
+    assert first.returncode == 0 and second.returncode == 0, first.stdout + second.stdout
+    (a,), (b,) = results(tmp_path / "a")["records"], results(tmp_path / "b")["records"]
+    assert a["metrics"]["cache_hit"] is False and b["metrics"]["cache_hit"] is True
+    assert stable([a]) == stable([b])
+    name = f"{safe_name(toy['gpt2'])}.npz"
+    with np.load(tmp_path / "a" / "stats" / name) as x, np.load(tmp_path / "b" / "stats" / name) as y:
+        assert x.files == y.files and all(np.array_equal(x[f], y[f]) for f in x.files)
+
+
+def test_xdist_aggregation_equals_single_process(toy, tmp_path):
+    common = ["--model", toy["gpt2"], "--model", toy["mamba"], "--no-cache", "-m", "statistics or perplexity"]
+    single = run_suite(*common, "--out", str(tmp_path / "single"))
+    parallel = run_suite(*common, "--out", str(tmp_path / "parallel"), "-n", "2", "--dist", "loadgroup")
+    assert single.returncode == 0, single.stdout
+    assert parallel.returncode == 0, parallel.stdout
+    one, two = results(tmp_path / "single"), results(tmp_path / "parallel")
+    assert len(one["records"]) == 6
+    assert stable(one["records"]) == stable(two["records"])
+    assert (tmp_path / "parallel" / "report.md").is_file()
+
+
+def test_unknown_model_fails_at_collection_listing_aliases(tmp_path):
+    result = run_suite("--model", "gtp2", "--out", str(tmp_path))
+    assert result.returncode == 4
+    assert "unknown model 'gtp2'" in result.stderr and "mamba-130m" in result.stderr and "tiny-gpt2" in result.stderr
+
+
+def test_a_failing_model_fails_its_own_cases_and_the_others_run(toy, tmp_path, copy_dir):
+    broken = copy_dir(Path(toy["gpt2"]), "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = run_suite("--model", str(broken), "--model", toy["mamba"], "--no-cache", "-m", "statistics",
+                       "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    payload = results(tmp_path / "out")
+    assert [r["model"] for r in payload["records"]] == [toy["mamba"]]
+    assert len(payload["failures"]) == 1 and "broken" in payload["failures"][0]["case"]
+    assert "model.safetensors" in " ".join(payload["failures"][0]["message"]) or "broken" in result.stdout
+
+
+def test_interrupted_run_keeps_finished_results(toy, tmp_path):
+    plugin = tmp_path / "interrupt_plugin.py"
+    plugin.write_text("def pytest_runtest_setup(item):\n"
+                      "    if 'test_perplexity' in item.nodeid:\n"
+                      "        raise KeyboardInterrupt\n")
+    result = run_suite("--model", toy["gpt2"], "--no-cache", "-m", "statistics or perplexity",
+                       "-p", "interrupt_plugin", "--out", str(tmp_path / "out"), PYTHONPATH=str(tmp_path))
+    assert result.returncode == 2
+    records = results(tmp_path / "out")["records"]
+    assert [r["analysis"] for r in records] == ["statistics"]
+
+
+def test_seed_entry_point_main_runs_the_suite(toy, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    result = subprocess.run([sys.executable, "-m", "neuronbench", "main", "--models", toy["gpt2"], "--layer", "0",
+                             "--top_k", "3", "--text_limit", "8", "--save_results", "--out", str(out),
+                             "--", "-m", "statistics", "--no-cache", "-p", "no:cacheprovider"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (record,) = results(out)["records"]
+    assert record["metrics"]["n_tokens"] == 8 * 128 and record["metrics"]["n_layers"] == 1
+    assert (out / "report.md").is_file() and (out / "neurons.json").is_file()
+
+
+def test_baseline_regression_fails_with_both_numbers(toy, tmp_path):
+    common = ["--model", toy["gpt2"], "--no-cache", "-m", "ablation", "-k", "pruning and zero",
+              "--baseline-dir", str(tmp_path / "baselines")]
+    made = run_suite(*common, "--update-baselines", "--out", str(tmp_path / "made"))
+    assert made.returncode == 0, made.stdout
+    (path,) = (tmp_path / "baselines").iterdir()
+    payload = json.loads(path.read_text())
+    stored = payload["conditions"]["pruning-zero"]["ppl_delta_rel"]
+    assert run_suite(*common, "--baseline", "--out", str(tmp_path / "same")).returncode == 0
+    payload["conditions"]["pruning-zero"]["ppl_delta_rel"] = stored + 0.5
+    path.write_text(json.dumps(payload))
+    failed = run_suite(*common, "--baseline", "--out", str(tmp_path / "perturbed"))
+    assert failed.returncode == 1
+    assert f"baseline {stored + 0.5:.6g}, now {stored:.6g}" in failed.stdout
+
+
+def test_builtin_models_hold_their_committed_baselines(tmp_path):
+    """The CI regression: the default suite's ablation deltas against results/baselines/."""
+    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "suite"), "-m", "ablation", "--baseline",
+                             "--no-cache", "--out", str(tmp_path), "-p", "no:cacheprovider", "--benchmark-disable",
+                             "-q"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout.splitlines()[-1]
