@@ -23,6 +23,8 @@ from neuronbench.capture import ActivationStatistics
 from neuronbench.errors import NeuronbenchError
 
 GLOBAL_ARRAYS = ActivationStatistics.GLOBAL_ARRAYS
+FORMAT = ("neuronbench-statistics", 2, tuple(f.name for f in fields(ActivationStatistics)))
+"""Identifies the on-disk layout; part of every disk-cache key, so a changed layout never loads."""
 
 
 def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
@@ -94,10 +96,14 @@ def save_statistics(stats: ActivationStatistics, path: str | Path) -> Path:
 def load_statistics(path: str | Path) -> ActivationStatistics:
     """Read statistics written by :func:`save_statistics`."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            contents = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, KeyError) as error:
+        return _read_statistics(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise NeuronbenchError(f"cannot read activation statistics {path}: {error}; delete it to recompute") from error
+
+
+def _read_statistics(path: str | Path) -> ActivationStatistics:
+    with np.load(path, allow_pickle=False) as archive:
+        contents = {name: archive[name] for name in archive.files}
     scalars = json.loads(str(contents.pop("metadata")))
     layers: dict[int, dict[str, np.ndarray]] = {}
     for name, value in contents.items():

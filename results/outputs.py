@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,11 @@ from neuronbench.storage import write_json_atomic, write_npz_atomic
 PARTS = ".parts"
 
 
-def write_part(out: Path, model: str, analysis: str, arrays: dict[str, np.ndarray]) -> Path:
-    """A case's per-layer arrays (``{"layer3/freq": ...}``) for ``stats/<model>.npz``."""
-    return write_npz_atomic(out / PARTS / f"{safe_name(model)}--{analysis}.npz", arrays)
+def write_part(out: Path, model: str, case: str, arrays: dict[str, np.ndarray]) -> Path:
+    """A case's per-layer arrays (``{"layer3/freq": ...}``) for ``stats/<model>.npz``; one file
+    per case (named by a hash of its node id)."""
+    digest = hashlib.sha256(case.encode()).hexdigest()[:16]
+    return write_npz_atomic(out / PARTS / f"{safe_name(model)}--{digest}.npz", arrays)
 
 
 def write_results(out: Path, payload: dict) -> Path:

@@ -63,7 +63,7 @@ class Recorder:
         if figures is not None:
             record["figures"] = figures
         if arrays:
-            record["arrays_file"] = str(outputs.write_part(self.run_dir, workspace.name, analysis, arrays))
+            record["arrays_file"] = str(outputs.write_part(self.run_dir, workspace.name, self.node.nodeid, arrays))
         if baseline_key is not None:
             record["baseline_key"] = baseline_key
         self.node.user_properties.append((RECORD_KEY, record))
