@@ -17,14 +17,6 @@ from neuronbench.attention.hidden import (ChunkPlan, block_bytes, hidden_attenti
 from neuronbench.errors import ConfigError, NeuronRangeError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors run fastest on one thread, and do not stall when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_ssm(length: int, width: int, state: int, seed: int = 0, delta_scale: float = 0.5):
     """Random ``Δ > 0 [T, D]``, ``B, C [T, N]``, ``A < 0 [D, N]``, ``x [T, D]``."""

@@ -24,14 +24,6 @@ from neuronbench.models import load_model, resolve_model
 from neuronbench.names import ATTN_HEADS, act_name
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not stall when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def float64_rms_norm(norm: torch.nn.Module):
     def forward(hidden: torch.Tensor) -> torch.Tensor:

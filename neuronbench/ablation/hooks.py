@@ -26,15 +26,12 @@ from neuronbench.ablation.neurons import NeuronSet, NeuronSetLike, neuron_set
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.adapters.base import TensorEdit
 from neuronbench.capture import ActivationStatistics
-from neuronbench.errors import (AnalysisUnavailableError, CaptureError, ConfigError,
+from neuronbench.errors import (CaptureError, ConfigError,
                                 NeuronRangeError)
 
 
 def _head_count(adapter: ArchitectureAdapter, _layer: int) -> int:
-    heads = getattr(adapter, "num_heads", None)
-    if heads is None:
-        raise AnalysisUnavailableError(f"{adapter.family} models have no attention heads to ablate")
-    return int(heads)
+    return adapter.num_heads
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,11 @@ class ArchitectureAdapter(ABC):
     def family(self) -> str:
         return self.model_types[0]
 
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per layer; :class:`AnalysisUnavailableError` for models without heads."""
+        raise AnalysisUnavailableError(f"{self.family} models have no attention heads")
+
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` if valid, else raise :class:`LayerRangeError` naming the range."""
         if not isinstance(layer, int) or not 0 <= layer < self.num_layers:

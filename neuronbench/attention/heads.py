@@ -17,16 +17,13 @@ from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.attention.forward import UnitPass, capture_activations
 from neuronbench.attention.hidden import AttentionBlock
 from neuronbench.attention.units import UnitWindow
-from neuronbench.errors import AnalysisUnavailableError, NeuronRangeError
+from neuronbench.errors import NeuronRangeError
 from neuronbench.names import ATTN_PATTERN
 
 
 def head_count(adapter: ArchitectureAdapter) -> int:
     """Number of attention heads per layer; :class:`AnalysisUnavailableError` without heads."""
-    heads = getattr(adapter, "num_heads", None)
-    if heads is None:
-        raise AnalysisUnavailableError(f"{adapter.family} models have no attention heads")
-    return int(heads)
+    return adapter.num_heads
 
 
 def head_attention(model: nn.Module, adapter: ArchitectureAdapter, input_ids: torch.Tensor, layer: int,
