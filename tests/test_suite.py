@@ -105,16 +105,30 @@ def test_interrupted_run_keeps_finished_results(toy, tmp_path):
     assert [r["analysis"] for r in records] == ["statistics"]
 
 
-def test_seed_entry_point_main_runs_the_suite(toy, tmp_path):
+SEED_COMMANDS = {
+    "main": ["-m", "statistics"],
+    "ablation": ["-k", "sliding or (pruning and zero)"],
+    "ngram": ["-k", "statistics or token"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(SEED_COMMANDS))
+def test_seed_entry_points_run_their_selection(toy, tmp_path, command):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
-    result = subprocess.run([sys.executable, "-m", "neuronbench", "main", "--models", toy["gpt2"], "--layer", "0",
-                             "--top_k", "3", "--text_limit", "8", "--save_results", "--out", str(out),
-                             "--", "-m", "statistics", "--no-cache", "-p", "no:cacheprovider"],
+    result = subprocess.run([sys.executable, "-m", "neuronbench", command, "--models", toy["gpt2"], "--layer", "0",
+                             "--top_k", "3", "--text_limit", "8", "--save_results", "--out", str(out), "--seeds", "2",
+                             "--", *SEED_COMMANDS[command], "--no-cache", "-p", "no:cacheprovider", "--max-length", "64",
+                             "--eval-max-tokens", "600"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (record,) = results(out)["records"]
-    assert record["metrics"]["n_tokens"] == 8 * 128 and record["metrics"]["n_layers"] == 1
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = results(out)["records"]
+    statistics = [r for r in records if r["analysis"] == "statistics"]
+    analyses = {r["analysis"] for r in records}
+    assert analyses == {"main": {"statistics"}, "ablation": {"perplexity", "ablation"},
+                        "ngram": {"statistics", "ngram"}}[command]
+    for record in statistics:
+        assert record["metrics"]["n_tokens"] == 8 * 128 and record["metrics"]["n_layers"] == 1
     assert (out / "report.md").is_file() and (out / "neurons.json").is_file()
 
 
