@@ -476,14 +476,14 @@ class LayerStatistics:
     def _update_moments(self, flat: torch.Tensor, active: torch.Tensor) -> None:
         a = self.arrays
         self.n_tokens += flat.shape[0]
-        a["active_count"] += active.sum(0)
+        a["active_count"] += torch.count_nonzero(active, dim=0)
         for i, tau in enumerate(self.sweep):
-            a["sweep_count"][i] += (flat > tau).sum(0)
+            a["sweep_count"][i] += torch.count_nonzero(flat > tau, dim=0)
         a["sum"] += flat.sum(0, dtype=torch.float64)
-        a["sum_sq"] += flat.double().square().sum(0)
+        a["sum_sq"] += (flat * flat).sum(0).double()  # one batch in float32 (all terms ≥ 0), totals in float64
         if flat.shape[0]:
-            torch.maximum(a["max"], flat.max(0).values.double(), out=a["max"])
-            torch.minimum(a["min"], flat.min(0).values.double(), out=a["min"])
+            torch.maximum(a["max"], flat.amax(0).double(), out=a["max"])
+            torch.minimum(a["min"], flat.amin(0).double(), out=a["min"])
 
     def _update_positions(self, windows: torch.Tensor) -> None:
         """Full-length windows ``[n, T, W]``: per-position counts and the Pearson score."""
@@ -492,7 +492,7 @@ class LayerStatistics:
         a = self.arrays
         self.n_windows += windows.shape[0]
         a["pos_tokens"] += windows.shape[0]
-        a["pos_active"] += (windows > self.threshold).sum(0)
+        a["pos_active"] += torch.count_nonzero(windows > self.threshold, dim=0)
         a["pos_sum"] += windows.sum(0, dtype=torch.float64)
         a["pearson_sum"] += pearson_with_position(windows).sum(0)
 
@@ -532,8 +532,9 @@ def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
     """Pearson correlation between position and activation, per window and neuron.
 
     ``r = Σ_t (t − t̄)(a_t − ā) / sqrt(Σ_t (t − t̄)² · Σ_t (a_t − ā)²)`` over the T positions of
-    a window; defined as 0 where the neuron is constant within the window. Returns ``[n, W]``
-    (float64).
+    a window; defined as 0 where the neuron is constant within the window (``max == min``, an
+    exact test). Computed in float64 (a score near 0 must stay exact to 1e-6 relative); returns
+    ``[n, W]`` float64.
     """
     x = windows.double()
     positions = torch.arange(x.shape[1], dtype=torch.float64, device=x.device)
@@ -541,7 +542,9 @@ def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
     centred = x - x.mean(dim=1, keepdim=True)
     numerator = torch.einsum("t,ntw->nw", positions, centred)
     denominator = positions.norm() * centred.norm(dim=1)
-    return torch.where(denominator > 0, numerator / denominator.clamp_min(1e-300), 0.0)
+    varying = x.amax(dim=1) > x.amin(dim=1)
+    r = numerator / denominator.clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.where(varying, r, 0.0)
 
 
 @dataclass
