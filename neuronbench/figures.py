@@ -208,8 +208,9 @@ def ngram_figures(records: list[dict], plots: Path) -> list[Path]:
 
 @figure("positional")
 def positional_figure(records: list[dict], plots: Path) -> list[Path]:
-    """Figure 8: mean activation against position of the strongest positional neurons, in up to
-    four layers per model."""
+    """Figure 8: mean activation against position of the neurons with the highest I(act; pos), in up
+    to four layers per model (labelled with their MI; whether they pass the threshold is in the
+    records)."""
     written = []
     for record in records:
         data = record["figures"]["positional"]
@@ -219,10 +220,10 @@ def positional_figure(records: list[dict], plots: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.4), squeeze=False)
         for ax, layer in zip(axes[0], layers):
             profile = data["layers"][layer]
-            for neuron, curve, kind in zip(profile["neurons"], profile["mean_activation"], profile["types"]):
-                ax.plot(data["positions"], curve, label=f"{neuron} ({kind})")
+            for neuron, curve, score in zip(profile["neurons"], profile["mean_activation"], profile["scores"]):
+                ax.plot(data["positions"], curve, label=f"{neuron} (I = {score:.3f})")
             ax.set(title=f"layer {layer}", xlabel="position", ylabel="mean activation")
             ax.legend(fontsize=7)
-        fig.suptitle(f"Figure 8: {_model_label(record)}")
+        fig.suptitle(f"Figure 8: {_model_label(record)}, strongest neurons by I(act; pos)")
         written.append(save(fig, plots / f"fig8_positional_{_model_label(record)}.png"))
     return written

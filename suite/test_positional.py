@@ -10,10 +10,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dataclasses import replace
+
 from neuronbench.detectors.figures import position_profiles
+from neuronbench.detectors.result import highest
 
 pytestmark = pytest.mark.positional
 METHODS = {"mi": "positional", "pearson": "positional_pearson"}
+FIGURE_NEURONS = 4
+
+
+def strongest(found: dict, count: int = FIGURE_NEURONS) -> dict:
+    """Figure 8 shows the ``count`` highest-MI neurons of each layer, whether or not they pass the
+    threshold (the record's ``positional`` neurons say which do)."""
+    return {layer: replace(d, indices=highest(d.scores, count)) for layer, d in found.items()}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -29,4 +39,5 @@ def test_positional(workspace, record, method):
            thresholds=next(iter(found.values())).thresholds,
            neurons={layer: d.indices.tolist() for layer, d in found.items()},
            arrays={f"layer{layer}/positional_{'mi' if method == 'mi' else 'r'}": d.scores for layer, d in found.items()},
-           figures={"positional": position_profiles(workspace.stats, found)} if method == "mi" else None)
+           figures={"positional": position_profiles(workspace.stats, strongest(found), top=FIGURE_NEURONS)}
+           if method == "mi" else None)
