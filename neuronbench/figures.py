@@ -168,6 +168,14 @@ def dead_figures(records: list[dict], plots: Path) -> list[Path]:
     return written
 
 
+def _dashed_lines(ax: plt.Axes, records: list[dict], part: str, field: str, suffix: str) -> None:
+    """A second, dashed series per model on an n-gram panel."""
+    for record in records:
+        data = record["figures"]["ngram"][part]
+        ax.plot(data["layers"], data[field], linestyle="--", label=f"{_model_label(record)} ({suffix})")
+    ax.legend(fontsize=7)
+
+
 @figure("ngram")
 def ngram_figures(records: list[dict], plots: Path) -> list[Path]:
     """Figure 2 per model (alive neurons per layer binned by unigram count, stacked), and overlaid
@@ -189,18 +197,10 @@ def ngram_figures(records: list[dict], plots: Path) -> list[Path]:
     _per_model_lines(axes[0], records, "ngram", "fig3a", "token_detecting", "token-detecting neurons")
     axes[0].set_title("Figure 3a")
     _per_model_lines(axes[1], records, "ngram", "fig3b", "covered", "tokens covered (layer)")
-    for record in records:
-        cumulative = record["figures"]["ngram"]["fig3b"]
-        axes[1].plot(cumulative["layers"], cumulative["cumulative"], linestyle="--",
-                     label=f"{_model_label(record)} (cumulative)")
-    axes[1].legend(fontsize=7)
+    _dashed_lines(axes[1], records, "fig3b", "cumulative", "cumulative")
     axes[1].set_title("Figure 3b")
     _per_model_lines(axes[2], records, "ngram", "fig4", "new_vs_all_earlier", "new tokens")
-    for record in records:
-        fig4 = record["figures"]["ngram"]["fig4"]
-        axes[2].plot(fig4["layers"], fig4["new_vs_previous"], linestyle="--",
-                     label=f"{_model_label(record)} (vs previous layer)")
-    axes[2].legend(fontsize=7)
+    _dashed_lines(axes[2], records, "fig4", "new_vs_previous", "vs previous layer")
     axes[2].set_title("Figure 4")
     written.append(save(fig, plots / "fig3_fig4_token_detectors.png"))
     return written

@@ -22,6 +22,7 @@ from neuronbench.data import TokenWindows
 from neuronbench.errors import AnalysisUnavailableError, ConfigError
 from neuronbench.models import load_model, resolve_model
 from neuronbench.names import ATTN_HEADS, act_name
+from test_attention_hidden import scan
 
 
 
@@ -57,14 +58,7 @@ def windows_of(ids: torch.Tensor, lengths: list[int] | None = None) -> TokenWind
 
 def scan_output(ssm, row: int = 0) -> torch.Tensor:
     """``y`` by the sequential selective scan, straight from the captured ``Δ, B, C, x``."""
-    delta, b, c, x = (t[row].double() for t in (ssm.delta, ssm.b, ssm.c, ssm.x))
-    a = ssm.a.double()
-    h = torch.zeros(a.shape, dtype=torch.float64)
-    ys = []
-    for t in range(delta.shape[0]):
-        h = torch.exp(delta[t, :, None] * a) * h + delta[t, :, None] * b[t] * x[t, :, None]
-        ys.append(h @ c[t])
-    return torch.stack(ys)
+    return scan(ssm.delta[row], ssm.b[row], ssm.c[row], ssm.a, ssm.x[row])
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
