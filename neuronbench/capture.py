@@ -80,6 +80,7 @@ from tqdm.auto import tqdm
 
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.adapters.base import parse_layers
+from neuronbench.batching import fit_batch_size
 from neuronbench.data import TokenWindows
 from neuronbench.errors import CaptureError, ConfigError, NeuronRangeError
 from neuronbench.names import NEURONS, SSM_DELTA, parse_act_name
@@ -778,15 +779,19 @@ def batches(windows: TokenWindows, batch_size: int) -> Iterable[tuple[torch.Tens
 
 def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows,
                        config: CaptureConfig, progress: bool = True) -> ActivationStatistics:
-    """Run one forward pass per batch of ``windows`` and return the streamed statistics."""
+    """Run one forward pass per batch of ``windows`` and return the streamed statistics.
+
+    On a GPU the batch size is first probed and halved on out-of-memory
+    (:func:`neuronbench.batching.fit_batch_size`), before any statistic is updated."""
     if windows.n_tokens == 0:
         raise CaptureError("no tokens to capture: the token windows are empty")
     device = next(model.parameters()).device
     collector = StatisticsCollector(adapter, config, windows.input_ids.shape[1],
                                     model.config.vocab_size, device)
-    total = -(-windows.input_ids.shape[0] // config.batch_size)
+    batch_size = fit_batch_size(model, windows.input_ids, windows.attention_mask, config.batch_size)
+    total = -(-windows.input_ids.shape[0] // batch_size)
     with torch.inference_mode(), collector.hooked():
-        for input_ids, attention_mask in tqdm(batches(windows, config.batch_size), total=total,
+        for input_ids, attention_mask in tqdm(batches(windows, batch_size), total=total,
                                               desc="capture", unit="batch", disable=not progress):
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             collector.start_batch(input_ids, attention_mask)

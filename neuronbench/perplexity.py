@@ -68,6 +68,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from neuronbench.data import Corpus, token_stream, tokenize_documents
+from neuronbench.batching import fit_batch_size
 from neuronbench.errors import ConfigError, CorpusError, NonFiniteLossError
 
 DEFAULT_MAX_LENGTH = 1024
@@ -282,12 +283,16 @@ def score_windows(model: nn.Module, windows: ScoringWindows, batch_size: int = D
     """Summed NLL (nats, float64) of each window's scored tokens, ``[n_windows]``.
 
     Windows are run in batches of ``batch_size`` (longest first, padded on the right to the
-    batch's longest window) under ``torch.inference_mode`` with ``use_cache=False``.
+    batch's longest window) under ``torch.inference_mode`` with ``use_cache=False``. On a GPU the
+    batch size is probed on the longest windows first and halved on out-of-memory
+    (:func:`neuronbench.batching.fit_batch_size`).
     """
     if not _is_int(batch_size) or batch_size <= 0:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     device = next(model.parameters()).device
     order = _batch_order(windows)
+    first = torch.tensor(order[:batch_size])
+    batch_size = fit_batch_size(model, windows.inputs[first], windows.attention_mask[first], batch_size)
     totals = torch.zeros(windows.n_windows, dtype=torch.float64)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.inference_mode():
