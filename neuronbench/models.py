@@ -155,16 +155,15 @@ def _from_pretrained(location: str, dtype: torch.dtype, local_only: bool):
 def _load_hub(source: ModelSource, dtype: torch.dtype):
     try:
         return _from_pretrained(source.location, dtype, local_only=True)
-    except OSError:
-        pass  # not in the local cache: fall through to the hub, or fail fast below
-    if hub_offline():
-        raise ModelLoadError(
-            f"model {source.name!r} ({source.location}) is not in the local Hugging Face cache and "
-            "the hub cannot be reached (offline). Fix: download it once with network access "
-            f"(`huggingface-cli download {source.location}`), pass a local directory, or use a "
-            f"built-in model ({', '.join(BUILTIN_MODELS)})."
-        )
-    return _from_pretrained(source.location, dtype, local_only=False)
+    except OSError as cache_error:  # not (fully) in the local cache: the hub, or a fast failure
+        if hub_offline():
+            raise ModelLoadError(
+                f"model {source.name!r} ({source.location}) is not in the local Hugging Face cache and "
+                "the hub cannot be reached (offline). Fix: download it once with network access "
+                f"(`huggingface-cli download {source.location}`), pass a local directory, or use a "
+                f"built-in model ({', '.join(BUILTIN_MODELS)}). Cache lookup said: {cache_error}"
+            ) from cache_error
+        return _from_pretrained(source.location, dtype, local_only=False)
 
 
 def _load_local(source: ModelSource, dtype: torch.dtype):
