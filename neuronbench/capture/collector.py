@@ -1,0 +1,201 @@
+"""The collector: hooks hand each named activation to the statistics of its layer while the
+forward pass runs; :func:`capture_statistics` runs one forward pass per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from neuronbench.adapters import ArchitectureAdapter
+from neuronbench.adapters.base import parse_layers
+from neuronbench.batching import fit_batch_size
+from neuronbench.capture.batch import BatchContext
+from neuronbench.capture.config import CaptureConfig, NeuronLayout
+from neuronbench.capture.layer import LayerStatistics
+from neuronbench.capture.statistics import ActivationStatistics
+from neuronbench.capture.tokens import TokenRows, TokenStatistics, tier_parts
+from neuronbench.capture.trigrams import TrigramCounts, TrigramRows, trigram_codes, trigram_positions
+from neuronbench.data import TokenWindows
+from neuronbench.errors import CaptureError, ConfigError, NeuronRangeError
+from neuronbench.names import NEURONS, SSM_DELTA, parse_act_name
+
+
+def _trigram_neurons(spec: Mapping[int, Sequence[int]] | str | None, layers: tuple[int, ...],
+                     widths: Mapping[int, int]) -> dict[int, np.ndarray]:
+    """Resolve ``CaptureConfig.trigram_neurons`` to sorted neuron indices per captured layer."""
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        if spec != "all":
+            raise ConfigError(f"trigram_neurons must be None, 'all' or {{layer: indices}}, got {spec!r}")
+        return {layer: np.arange(widths[layer]) for layer in layers}
+    resolved = {}
+    for layer, neurons in spec.items():
+        if layer not in widths:
+            raise ConfigError(f"trigram_neurons names layer {layer}, which is not captured (captured: {list(layers)})")
+        indices = np.unique(np.asarray(neurons, dtype=np.int64))
+        bad = indices[(indices < 0) | (indices >= widths[layer])]
+        if bad.size:
+            raise NeuronRangeError(f"trigram_neurons: neurons {bad.tolist()} out of range for layer {layer}: "
+                                   f"valid neurons are 0..{widths[layer] - 1}")
+        if indices.size:
+            resolved[layer] = indices
+    return resolved
+
+
+class StatisticsCollector:
+    """Receives named activations from the hooks (or :meth:`feed`) and routes them to each
+    layer's statistics. ``adapter`` may be a :class:`NeuronLayout` for model-free feeding."""
+
+    def __init__(self, adapter: ArchitectureAdapter | NeuronLayout, config: CaptureConfig, window: int,
+                 vocab_size: int, device: torch.device) -> None:
+        self.adapter = adapter
+        self.config = config
+        self.vocab_size = vocab_size
+        self.layers = parse_layers(config.layers, adapter.num_layers)
+        self.threshold = adapter.default_threshold if config.threshold is None else float(config.threshold)
+        self.delta = adapter.has_ssm if config.delta is None else config.delta
+        self.rows = TokenRows(vocab_size) if config.token_counts else None
+        if config.trigram_neurons is not None and not config.trigrams:
+            raise ConfigError("trigram_neurons needs trigrams=True (the trigram index)")
+        self.trigram_rows = TrigramRows(vocab_size) if config.trigrams else None
+        self.exclude = torch.tensor(sorted(config.exclude_token_ids), dtype=torch.long, device=device)
+        widths = {layer: adapter.neuron_width(layer) for layer in self.layers}
+        chosen = _trigram_neurons(config.trigram_neurons, self.layers, widths)
+        self.stats = {
+            layer: LayerStatistics(
+                layer, widths[layer], self.threshold, tuple(config.sweep), window, device,
+                positions=config.positional,
+                tokens=(TokenStatistics(widths[layer], self.rows, device, config.trigrams)
+                        if self.rows is not None else None),
+                trigram_counts=TrigramCounts(chosen[layer], device) if layer in chosen else None,
+            )
+            for layer in self.layers
+        }
+        self._batch: BatchContext | None = None
+        self._seen: set[str] = set()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (NEURONS, SSM_DELTA) if self.delta else (NEURONS,)
+
+    @contextmanager
+    def hooked(self) -> Iterator[None]:
+        handles = [h for layer in self.layers for h in self.adapter.register_capture(layer, self.kinds, self.receive)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def start_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        real = attention_mask.bool()
+        kept = real & ~torch.isin(input_ids, self.exclude)
+        batch = BatchContext(real=real, full=real.all(dim=1), all_real=bool(real.all()))
+        if self.rows is not None:
+            tokens = input_ids[kept].cpu()
+            promotion = self.rows.update(tokens)
+            for stats in self.stats.values():
+                stats.tokens.prepare(promotion)
+            rows = self.rows.row_of[tokens]
+            keep = None if bool(kept[real].all()) else kept[real]
+            batch.parts = tier_parts(keep, self.rows.tier[rows].to(real.device), self.rows.slot[rows].to(real.device))
+        if self.trigram_rows is not None:
+            positions = trigram_positions(real, kept)
+            batch.trigram, batch.skipped = positions[real], (kept & ~positions)[real].nonzero().flatten()
+            codes = trigram_codes(input_ids, self.vocab_size)[positions]
+            batch.trigram_ids = self.trigram_rows.ids(codes.cpu().numpy())
+        self._batch = batch
+        self._seen = set()
+
+    def receive(self, name: str, tensor: torch.Tensor) -> None:
+        layer, kind = parse_act_name(name)
+        if kind == NEURONS:
+            self.stats[layer].update_neurons(tensor, self._batch)
+        else:
+            self.stats[layer].update_delta(tensor, self._batch.real)
+        self._seen.add(name)
+
+    def end_batch(self) -> None:
+        """Fail loudly if any hook did not fire during the forward pass."""
+        expected = {f"blocks.{layer}.{kind}" for layer in self.layers for kind in self.kinds}
+        missing = expected - self._seen
+        if missing:
+            raise CaptureError(
+                f"hooks did not fire for {sorted(missing)}: the model's forward pass did not call "
+                "the hooked modules (is the adapter right for this model?)"
+            )
+
+    def feed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             activations: Mapping[str, torch.Tensor]) -> None:
+        """Fold one batch of activations given directly (``{act name: tensor}``), without a model."""
+        self.start_batch(input_ids, attention_mask)
+        for name, tensor in activations.items():
+            self.receive(name, tensor)
+        self.end_batch()
+
+    def feed_ngrams(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    active: Mapping[int, torch.Tensor]) -> None:
+        """Fold one batch of already thresholded activations ``{layer: [B, T, W] bool}`` into the
+        per-token and trigram statistics only (the other statistics are left untouched); used to
+        measure their memory without a model."""
+        self.start_batch(input_ids, attention_mask)
+        for layer, mask in active.items():
+            self.stats[layer].update_ngrams(self._batch.flat(mask), self._batch)
+
+    def result(self) -> ActivationStatistics:
+        """The statistics as numpy arrays. Call once: it hands over (and frees) the count tables."""
+        first = self.stats[self.layers[0]]
+        layers = {layer: stats.result() for layer, stats in self.stats.items()}
+        rows, trigrams = self.rows, self.trigram_rows
+        return ActivationStatistics(
+            layers=layers,
+            n_tokens=first.n_tokens,
+            n_windows=first.n_windows,
+            window=first.window,
+            threshold=self.threshold,
+            sweep=tuple(self.config.sweep),
+            token_ids=None if rows is None else rows.token_ids.numpy(),
+            token_occurrences=None if rows is None else rows.occurrences.numpy(),
+            excluded_token_ids=tuple(sorted(self.config.exclude_token_ids)),
+            token_tier=None if rows is None else rows.tier.numpy(),
+            token_slot=None if rows is None else rows.slot.numpy(),
+            trigram_tokens=None if trigrams is None else trigrams.tokens(),
+            trigram_occurrences=None if trigrams is None else trigrams.occurrences.copy(),
+        )
+
+
+def batches(windows: TokenWindows, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive ``(input_ids, attention_mask)`` batches of ``batch_size`` windows."""
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    for start in range(0, windows.input_ids.shape[0], batch_size):
+        yield (windows.input_ids[start : start + batch_size],
+               windows.attention_mask[start : start + batch_size])
+
+
+def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows,
+                       config: CaptureConfig, progress: bool = True) -> ActivationStatistics:
+    """Run one forward pass per batch of ``windows`` and return the streamed statistics.
+
+    On a GPU the batch size is first probed and halved on out-of-memory
+    (:func:`neuronbench.batching.fit_batch_size`), before any statistic is updated."""
+    if windows.n_tokens == 0:
+        raise CaptureError("no tokens to capture: the token windows are empty")
+    device = next(model.parameters()).device
+    collector = StatisticsCollector(adapter, config, windows.input_ids.shape[1],
+                                    model.config.vocab_size, device)
+    batch_size = fit_batch_size(model, windows.input_ids, windows.attention_mask, config.batch_size)
+    total = -(-windows.input_ids.shape[0] // batch_size)
+    with torch.inference_mode(), collector.hooked():
+        for input_ids, attention_mask in tqdm(batches(windows, batch_size), total=total,
+                                              desc="capture", unit="batch", disable=not progress):
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            collector.start_batch(input_ids, attention_mask)
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            collector.end_batch()
+    return collector.result()

@@ -1,0 +1,46 @@
+"""What one capture pass computes, and a model-free layer layout for synthetic streams."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+DEFAULT_SWEEP = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """What one capture pass computes.
+
+    ``threshold`` is τ (``None``: the adapter's default); ``sweep`` the extra τ values for the
+    dead-neuron sweep; ``exclude_token_ids`` tokens left out of the per-token and trigram counts
+    (BOS); ``delta`` reads Δ statistics (only for SSMs; ``None`` means "when the model has Δ");
+    ``trigrams`` keeps the trigram index (and, with ``token_counts``, ``trigram_active_count``);
+    ``trigram_neurons`` the neurons that get exact ``(trigram, neuron)`` tables: ``None``,
+    ``"all"`` or ``{layer: neuron indices}``.
+    """
+
+    layers: tuple[int, ...] | str | None = None
+    threshold: float | None = None
+    sweep: tuple[float, ...] = DEFAULT_SWEEP
+    positional: bool = True
+    token_counts: bool = True
+    delta: bool | None = None
+    exclude_token_ids: frozenset[int] = frozenset()
+    batch_size: int = 8
+    trigrams: bool = True
+    trigram_neurons: Mapping[int, Sequence[int]] | str | None = None
+
+
+@dataclass(frozen=True)
+class NeuronLayout:
+    """A model-free stand-in for an adapter: the layer set that synthetic activations are fed
+    to (:meth:`StatisticsCollector.feed`), for tests and benchmarks."""
+
+    num_layers: int
+    width: int
+    default_threshold: float = 0.0
+    has_ssm: bool = False
+
+    def neuron_width(self, layer: int) -> int:
+        return self.width

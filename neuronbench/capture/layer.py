@@ -1,0 +1,76 @@
+"""One layer's streamed statistics: the activity mask computed once per batch, then handed to
+every statistic kind that the capture asked for (:class:`~neuronbench.capture.batch.NeuronStatistic`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic
+from neuronbench.capture.moments import Moments
+from neuronbench.capture.positions import Positions
+from neuronbench.capture.ssm import DeltaMoments
+from neuronbench.capture.tokens import TokenStatistics
+from neuronbench.capture.trigrams import TrigramCounts
+from neuronbench.errors import CaptureError
+
+
+class LayerStatistics:
+    """Streaming statistics of one layer's neurons (and Δ channels, for an SSM).
+
+    ``moments`` always; ``positions``, ``tokens`` (per-token table) and ``trigram_counts`` when
+    given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
+    positional statistics).
+    """
+
+    def __init__(self, layer: int, width: int, threshold: float, sweep: tuple[float, ...], window: int,
+                 device: torch.device, positions: bool = True, tokens: TokenStatistics | None = None,
+                 trigram_counts: TrigramCounts | None = None) -> None:
+        self.layer, self.width, self.threshold, self.window = layer, width, threshold, window
+        self.moments = Moments(width, sweep, device)
+        self.positions = Positions(width, window, device) if positions else None
+        self.tokens = tokens
+        self.trigram_counts = trigram_counts
+        self.delta = DeltaMoments(device)
+        self.statistics: list[NeuronStatistic] = [
+            s for s in (self.moments, self.positions, self.tokens, self.trigram_counts) if s is not None]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.moments.n_tokens
+
+    @property
+    def n_windows(self) -> int:
+        return 0 if self.positions is None else self.positions.n_windows
+
+    def update_neurons(self, acts: torch.Tensor, batch: BatchContext) -> None:
+        """Fold one batch ``acts [B, T, W]`` (real positions where ``batch.real``) into the totals."""
+        if acts.shape[-1] != self.width or acts.shape[:2] != batch.real.shape:
+            raise CaptureError(
+                f"layer {self.layer}: neuron tensor of shape {tuple(acts.shape)} does not match "
+                f"the batch {tuple(batch.real.shape)} and width {self.width}"
+            )
+        acts = acts.float()
+        flat = batch.flat(acts)
+        view = LayerBatch(acts=acts, flat=flat, active=flat > self.threshold, threshold=self.threshold,
+                          batch=batch)
+        for statistic in self.statistics:
+            statistic.update(view)
+
+    def update_ngrams(self, active: torch.Tensor, batch: BatchContext) -> None:
+        """Fold ``active [n_real, W]`` (``a > τ`` at the real positions, row-major) into the per-token
+        and trigram statistics only."""
+        if self.tokens is not None:
+            self.tokens.add(active, batch)
+        if self.trigram_counts is not None:
+            self.trigram_counts.add(batch.trigram_ids, active, batch.trigram)
+
+    def update_delta(self, delta: torch.Tensor, mask: torch.Tensor) -> None:
+        self.delta.update(delta, mask)
+
+    def result(self) -> dict[str, np.ndarray]:
+        """Every array as numpy (consumes the count tables)."""
+        arrays: dict[str, np.ndarray] = {}
+        for statistic in [*self.statistics, self.delta]:
+            arrays.update(statistic.arrays())
+        return arrays

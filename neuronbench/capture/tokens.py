@@ -1,0 +1,210 @@
+"""Exact per-token activation counts ``#{occurrences of token t : a_j > τ}``, stored compactly.
+
+A neuron's count on token ``t`` never exceeds the occurrences of ``t``. Each token's row therefore
+lives in the narrowest *count tier* whose dtype holds its occurrence count (:data:`COUNT_TIERS`:
+uint8 up to 255, int16 up to 32,767, int32, int64), and is promoted, with its counts, before a
+batch that would push it over its tier. Counts stay exact; memory is about ``V_seen × W`` bytes
+per layer (most tokens of a Zipfian stream are rare) instead of ``4 × V_seen × W``. A promoted
+row's old slot is left unused (zero), which costs at most one narrow row per promoted token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neuronbench.capture.batch import BatchContext, LayerBatch
+
+COUNT_TIERS: tuple[tuple[torch.dtype, int], ...] = (
+    (torch.uint8, 255),
+    (torch.int16, 32_767),
+    (torch.int32, 2**31 - 1),
+    (torch.int64, 2**63 - 1),
+)
+"""Storage tiers of the per-token count table: ``(dtype, largest count it holds)``."""
+
+_TIER_LIMITS = torch.tensor([limit for _, limit in COUNT_TIERS[:-1]], dtype=torch.long)
+
+
+def count_tier(occurrences: torch.Tensor) -> torch.Tensor:
+    """Index of the narrowest tier of :data:`COUNT_TIERS` that holds each count."""
+    return torch.searchsorted(_TIER_LIMITS, occurrences)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Rows moved to a wider tier before a batch: old and new ``(tier, slot)`` per row."""
+
+    from_tier: torch.Tensor
+    from_slot: torch.Tensor
+    to_tier: torch.Tensor
+    to_slot: torch.Tensor
+
+
+class TokenRows:
+    """Maps token ids to compact rows and each row to a ``(tier, slot)`` of the count tables.
+
+    Shared by every layer, so a row means the same token in all layers. Rows are assigned in
+    order of first appearance; a row's tier is the narrowest that holds its token's occurrence
+    count (:func:`count_tier`).
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        self.row_of = torch.full((vocab_size,), -1, dtype=torch.long)
+        self.token_ids = torch.empty(0, dtype=torch.long)
+        self.occurrences = torch.zeros(vocab_size, dtype=torch.long)
+        self.tier = torch.empty(0, dtype=torch.long)
+        self.slot = torch.empty(0, dtype=torch.long)
+        self.tier_rows = [0] * len(COUNT_TIERS)
+        """Slots handed out so far in each tier."""
+
+    @property
+    def size(self) -> int:
+        return self.token_ids.numel()
+
+    def update(self, tokens: torch.Tensor) -> Promotion:
+        """Count ``tokens`` (CPU), give new tokens rows and every row the tier its new occurrence
+        count needs; return the rows that moved to a wider tier."""
+        self.occurrences += torch.bincount(tokens, minlength=self.row_of.numel())
+        old_size = self.size
+        new = torch.unique(tokens[self.row_of[tokens] < 0])
+        self.row_of[new] = torch.arange(old_size, old_size + new.numel())
+        self.token_ids = torch.cat([self.token_ids, new])
+        needed = count_tier(self.occurrences[self.token_ids])
+        previous = torch.cat([self.tier, torch.full((new.numel(),), -1, dtype=torch.long)])
+        changed = (needed != previous).nonzero().flatten()
+        slots = torch.empty_like(changed)
+        for tier in range(len(COUNT_TIERS)):
+            into = needed[changed] == tier
+            count = int(into.sum())
+            slots[into] = torch.arange(self.tier_rows[tier], self.tier_rows[tier] + count)
+            self.tier_rows[tier] += count
+        moved = changed < old_size
+        promotion = Promotion(self.tier[changed[moved]], self.slot[changed[moved]], needed[changed[moved]],
+                              slots[moved])
+        self.tier = needed
+        self.slot = torch.cat([self.slot, torch.empty(new.numel(), dtype=torch.long)])
+        self.slot[changed] = slots
+        return promotion
+
+
+class TokenCountTable:
+    """Exact ``#{occurrences of token t : a_j > τ}`` of one layer, in the tiers of
+    :data:`COUNT_TIERS` (rows addressed by ``(tier, slot)`` from :class:`TokenRows`)."""
+
+    GROWTH = 1.25
+    """A tier that must grow is reallocated to ``GROWTH ×`` the rows it needs (at least
+    ``MIN_GROWTH`` more, at most ``max_rows``): a logarithmic number of copies, at most 20%
+    unused capacity. A token takes at most one slot per tier, so no tier needs more rows than
+    the vocabulary: tier 0 never exceeds ``V × W`` bytes."""
+    MIN_GROWTH = 64
+
+    def __init__(self, width: int, max_rows: int, device: torch.device) -> None:
+        self.width = width
+        self.max_rows = max_rows
+        self.tiers = [torch.zeros(0, width, dtype=dtype, device=device) for dtype, _ in COUNT_TIERS]
+
+    def prepare(self, rows: TokenRows, promotion: Promotion) -> None:
+        """Make room for every slot handed out and move promoted rows (before a batch)."""
+        for tier, needed in enumerate(rows.tier_rows):
+            self._reserve(tier, needed)
+        if promotion.from_tier.numel() == 0:
+            return
+        device = self.tiers[0].device
+        pairs = torch.stack([promotion.from_tier, promotion.to_tier], dim=1).unique(dim=0)
+        for source, target in pairs.tolist():
+            sel = (promotion.from_tier == source) & (promotion.to_tier == target)
+            old_slots, new_slots = promotion.from_slot[sel].to(device), promotion.to_slot[sel].to(device)
+            self.tiers[target][new_slots] = self.tiers[source][old_slots].to(self.tiers[target].dtype)
+            self.tiers[source][old_slots] = 0
+
+    def _reserve(self, tier: int, needed: int) -> None:
+        table = self.tiers[tier]
+        if table.shape[0] >= needed:
+            return
+        rows = min(max(int(needed * self.GROWTH), needed + self.MIN_GROWTH), self.max_rows)
+        grown = torch.empty(rows, self.width, dtype=table.dtype, device=table.device)
+        grown[: table.shape[0]] = table
+        grown[table.shape[0]:] = 0
+        self.tiers[tier] = grown
+
+    def add(self, parts: Sequence[TierPart], active: torch.Tensor) -> None:
+        """Add the rows of ``active [n, W]`` (bool) to the count rows named by ``parts``."""
+        for part in parts:
+            table = self.tiers[part.tier]
+            rows = (active if part.positions is None else active.index_select(0, part.positions)).view(torch.uint8)
+            table.index_put_((part.slots,), rows if table.dtype == torch.uint8 else rows.to(table.dtype),
+                             accumulate=True)
+
+    SUM_ROWS = 4096
+    """Rows summed at a time by :meth:`column_sums` (a sum casts its input to int64 first)."""
+
+    def column_sums(self, rows: TokenRows) -> torch.Tensor:
+        """``Σ_t count_j(t)`` over every token row (int64 ``[W]``)."""
+        return sum(table[start:min(start + self.SUM_ROWS, used)].sum(0, dtype=torch.long)
+                   for table, used in zip(self.tiers, rows.tier_rows) for start in range(0, used, self.SUM_ROWS))
+
+    def arrays(self, rows: TokenRows) -> dict[str, np.ndarray]:
+        """The used part of each tier as ``token_active_tier{i}`` (views of the tables on the CPU)."""
+        out = {f"token_active_tier{i}": table[:used].cpu().numpy()
+               for i, (table, used) in enumerate(zip(self.tiers, rows.tier_rows))}
+        self.tiers = []
+        return out
+
+
+@dataclass(frozen=True)
+class TierPart:
+    """The kept positions of a batch whose tokens sit in ``tier``: their flat indices among the
+    real positions (``None``: all real positions) and their slots in that tier."""
+
+    tier: int
+    positions: torch.Tensor | None
+    slots: torch.Tensor
+
+
+def tier_parts(keep: torch.Tensor | None, tier: torch.Tensor, slot: torch.Tensor) -> list[TierPart]:
+    """Split a batch's kept positions (flat mask ``keep``, ``None`` = all) by count tier."""
+    kept = torch.arange(tier.numel(), device=tier.device) if keep is None else keep.nonzero().flatten()
+    parts = []
+    for index in tier.unique().tolist():
+        sel = tier == index
+        whole = keep is None and bool(sel.all())
+        parts.append(TierPart(index, None if whole else kept[sel], slot[sel]))
+    return parts
+
+
+class TokenStatistics:
+    """One layer's per-token count table and, when trigrams are kept, ``trigram_active_count``.
+
+    ``trigram_active_count`` (``E_j = #{trigram positions : a_j > τ}``) is derived at the end from
+    the table: its column sum minus the activations on kept tokens at non-trigram positions
+    (``skipped_active``, streamed here).
+    """
+
+    def __init__(self, width: int, rows: TokenRows, device: torch.device, trigrams: bool) -> None:
+        self.rows = rows
+        self.table = TokenCountTable(width, rows.row_of.numel(), device)
+        self.skipped_active = torch.zeros(width, dtype=torch.long, device=device) if trigrams else None
+
+    def prepare(self, promotion: Promotion) -> None:
+        self.table.prepare(self.rows, promotion)
+
+    def update(self, view: LayerBatch) -> None:
+        self.add(view.active, view.batch)
+
+    def add(self, active: torch.Tensor, batch: BatchContext) -> None:
+        """Fold ``active [n_real, W]`` (row-major real positions) into the table."""
+        self.table.add(batch.parts, active)
+        if self.skipped_active is not None:
+            self.skipped_active += active.index_select(0, batch.skipped).sum(0)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``token_active_tier{i}`` (and ``trigram_active_count``); consumes the table."""
+        out = {}
+        if self.skipped_active is not None:
+            out["trigram_active_count"] = (self.table.column_sums(self.rows) - self.skipped_active).cpu().numpy()
+        out.update(self.table.arrays(self.rows))
+        return out
