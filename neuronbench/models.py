@@ -27,8 +27,10 @@ from neuronbench.errors import ModelLoadError, UnknownModelError
 from neuronbench.hub import hub_offline
 from neuronbench.zoo.artifacts import ZOO_ROOT as ZOO_DIR
 from neuronbench.zoo.artifacts import verify_builtin
+from neuronbench.zoo.planted import PLANTED, plant
+from neuronbench.zoo.recipe import RECIPES
 
-BUILTIN_MODELS = ("tiny-gpt2", "tiny-mamba")
+BUILTIN_MODELS = (*RECIPES, *PLANTED)
 
 HUB_ALIASES: dict[str, str] = {
     "gpt2": "openai-community/gpt2",
@@ -67,6 +69,8 @@ class ModelSource:
 
 def resolve_model(name: str) -> ModelSource:
     """Resolve an alias, a local directory or a hub id; raise a clear error otherwise."""
+    if name in PLANTED:
+        return ModelSource(name, "planted", str(ZOO_DIR / PLANTED[name].base))
     if name in BUILTIN_MODELS:
         return ModelSource(name, "builtin", str(ZOO_DIR / name))
     if name in HUB_ALIASES:
@@ -167,14 +171,14 @@ def _load_hub(source: ModelSource, dtype: torch.dtype):
 
 
 def _load_local(source: ModelSource, dtype: torch.dtype):
-    if source.kind == "builtin":
-        verify_builtin(source.name, source.location)
+    if source.kind in ("builtin", "planted"):
+        verify_builtin(Path(source.location).name, source.location)
     try:
         return _from_pretrained(source.location, dtype, local_only=True)
     except Exception as error:  # re-raised with the path and a fix
         hint = (
-            f" Regenerate it with `python -m neuronbench zoo train {source.name}`."
-            if source.kind == "builtin"
+            f" Regenerate it with `python -m neuronbench zoo train {Path(source.location).name}`."
+            if source.kind in ("builtin", "planted")
             else ""
         )
         raise ModelLoadError(
@@ -208,15 +212,18 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None) -
         model, tokenizer = _load_hub(source, torch_dtype)
     else:
         model, tokenizer = _load_local(source, torch_dtype)
-    model.to(torch_device).eval()
     local = source.kind != "hub"
+    weights = weights_sha256(source.location) if local else None
+    if source.kind == "planted":
+        weights = plant(name, model, tokenizer)
+    model.to(torch_device).eval()
     return LoadedModel(
         name=name,
         source=source,
         model=model,
         tokenizer=tokenizer,
         revision=getattr(model.config, "_commit_hash", None),
-        weights_sha256=weights_sha256(source.location) if local else None,
+        weights_sha256=weights,
         num_parameters=sum(p.numel() for p in model.parameters()),
         device=torch_device,
         dtype=torch_dtype,

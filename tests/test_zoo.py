@@ -15,7 +15,7 @@ from neuronbench.data import TokenWindows, load_corpus, token_stream, tokenize_w
 from neuronbench.errors import ConfigError, CorpusError, ModelLoadError
 from neuronbench.models import load_model
 from neuronbench.zoo import RECIPE_VERSION, RECIPES, builtin_dir, get_recipe, train_builtin, verify_builtin
-from neuronbench.zoo import cli, families
+from neuronbench.zoo import cli, families, planted
 from neuronbench.zoo import train as train_module
 from neuronbench.zoo.evaluation import unigram_log_probs, unigram_perplexity, window_perplexity
 from neuronbench.zoo.recipe import batch_indices, learning_rate_factor
@@ -309,3 +309,66 @@ def test_cli_verifies_the_shipped_files(capsys) -> None:
     assert capsys.readouterr().out.count("files OK") == len(NAMES)
     assert cli.main(["verify", "tiny-bert"]) == 1
     assert "no built-in model recipe 'tiny-bert'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# calibration models: planted deterministically at load time
+
+
+@pytest.fixture(scope="module")
+def planted_gpt2():
+    return load_model("planted-gpt2", device="cpu")
+
+
+def test_planted_weights_are_deterministic_and_identified(planted_gpt2) -> None:
+    again = load_model("planted-gpt2", device="cpu")
+    base = load_model("tiny-gpt2", device="cpu")
+    assert planted_gpt2.source.kind == "planted" and Path(planted_gpt2.source.location) == builtin_dir("tiny-gpt2")
+    assert planted_gpt2.weights_sha256 == again.weights_sha256 == planted.state_sha256(again.model)
+    assert planted_gpt2.weights_sha256 != base.weights_sha256
+    for name, tensor in planted_gpt2.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+
+
+def _neuron_inputs(loaded, windows: TokenWindows) -> dict[int, torch.Tensor]:
+    """The input of every block's ``mlp.c_proj`` (the neurons), recomputed by hooks here."""
+    acts: dict[int, torch.Tensor] = {}
+    hooks = [block.mlp.c_proj.register_forward_pre_hook(lambda _m, args, l=l: acts.__setitem__(l, args[0]))
+             for l, block in enumerate(loaded.model.transformer.h)]
+    try:
+        with torch.inference_mode():
+            loaded.model(input_ids=windows.input_ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return acts
+
+
+def test_planted_neurons_are_exactly_as_documented(planted_gpt2) -> None:
+    windows = tokenize_windows(load_corpus("pydocs", "train"), planted_gpt2.tokenizer, planted.WINDOW,
+                               max_tokens=8 * planted.WINDOW, drop_last=True)
+    acts, ids = _neuron_inputs(planted_gpt2, windows), windows.input_ids
+    positions = torch.arange(planted.WINDOW).expand_as(ids).numpy()
+    for neuron in planted.PLANTED["planted-gpt2"].neurons:
+        active = acts[neuron.layer][..., neuron.index] > 0
+        if neuron.kind == "dead":
+            expected = torch.zeros_like(active)
+        elif neuron.kind == "token":
+            expected = ids == planted_gpt2.tokenizer.encode(neuron.expect)[0]
+        else:
+            _, profile = planted.SIGNALS[neuron.signal]
+            expected = torch.from_numpy(planted.POSITION_PROFILES[profile](positions) == (neuron.sign > 0))
+        assert torch.equal(active, expected), neuron
+        assert acts[neuron.layer][..., neuron.index][~active].abs().max() <= 1e-6, neuron
+        assert not planted_gpt2.model.transformer.h[neuron.layer].mlp.c_proj.weight[neuron.index].any()
+
+
+def test_planted_model_keeps_most_of_its_base_model(planted_gpt2) -> None:
+    windows = tokenize_windows(load_corpus("pydocs", "test"), planted_gpt2.tokenizer, planted.WINDOW)
+    ppl = window_perplexity(planted_gpt2.model, windows, batch_size=32).perplexity
+    assert ppl <= 1.1 * verify_builtin("tiny-gpt2")["test_perplexity"]
+
+
+def test_planted_token_must_be_one_token(planted_gpt2) -> None:
+    with pytest.raises(ValueError, match="must be one"):
+        planted._token_id(planted_gpt2.tokenizer, " functionality of")
