@@ -1,13 +1,16 @@
 """Command-line entry point: ``python -m neuronbench <command> ...``.
 
 Commands are registered in ``COMMANDS`` (name -> ``"module:function"``); each function takes the
-remaining arguments and returns an exit code.
+remaining arguments and returns an exit code. A :class:`~neuronbench.errors.NeuronbenchError`
+is printed as one message without a traceback (exit code 2, like an argparse usage error).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from neuronbench.errors import NeuronbenchError
 
 COMMANDS: dict[str, str] = {
     "main": "neuronbench.cli:main_command",
@@ -23,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m neuronbench {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
         return 2
     module, function = COMMANDS[argv[0]].split(":")
-    return getattr(importlib.import_module(module), function)(argv[1:])
+    try:
+        return getattr(importlib.import_module(module), function)(argv[1:])
+    except NeuronbenchError as error:  # a usage error: its message, no traceback
+        print(f"python -m neuronbench {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ seed flag          pytest option                          note
 ``--device``, ``--dtype``, ``--dataset``, ``--seeds``     passed through
 =================  =====================================  =====================================
 
-Arguments after ``--`` go to pytest unchanged (e.g. ``-- -x -q``).
+Arguments after ``--`` go to pytest unchanged (e.g. ``-- -x -q``). ``--out`` and the paths given
+to ``--models``/``--dataset`` are resolved against the current directory (pytest itself runs in
+the checkout). A bad flag value is a usage error printed without a traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuronbench.config import DEFAULT_MODELS, SEED_MODELS, RunConfig
+from neuronbench.config import DEFAULT_MODELS, SEED_MODELS, RunConfig, integer
 from neuronbench.errors import ConfigError
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "suite"
@@ -63,17 +65,24 @@ def parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
+def from_here(value: str) -> str:
+    """A path relative to the current directory made absolute (pytest runs in the checkout); a name
+    that is no existing path (an alias, a hub id, ``wikitext-2``) is left as it is."""
+    return str(Path(value).resolve()) if Path(value).expanduser().exists() else value
+
+
 def pytest_arguments(command: str, args: argparse.Namespace, out: str) -> list[str]:
-    """The ``python -m pytest`` argument list equivalent to the seed flags."""
-    arguments = [str(SUITE_DIR), "--layers", args.layer, "--out", out]
+    """The ``python -m pytest`` argument list equivalent to the seed flags; ``--out`` and model or
+    dataset paths are resolved against the current directory."""
+    arguments = [str(SUITE_DIR), "--layers", args.layer, "--out", str(Path(out).expanduser().resolve())]
     for model in args.models:
-        arguments += ["--model", model]
+        arguments += ["--model", from_here(model)]
     if args.text_limit is not None:
-        if args.text_limit <= 0:
-            raise ConfigError(f"--text_limit must be positive, got {args.text_limit}")
+        integer(1)("--text_limit", args.text_limit)
         arguments += ["--max-tokens", str(args.text_limit * RunConfig().analysis_window)]
     for flag, value in (("--top-k", args.top_k), ("--pruning-ratio", args.pruning_ratio), ("--device", args.device),
-                        ("--dtype", args.dtype), ("--dataset", args.dataset), ("--seeds", args.seeds)):
+                        ("--dtype", args.dtype), ("--dataset", args.dataset and from_here(args.dataset)),
+                        ("--seeds", args.seeds)):
         if value is not None:
             arguments += [flag, str(value)]
     selection = SEED_COMMANDS[command].selection

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,6 +30,7 @@ class RunConfig:
     eval_split: str = "test"
     layers: str = "all"
     max_tokens: int | None = 50_000
+    min_tokens: int = 1000
     eval_max_tokens: int | None = None
     max_length: int | None = None
     stride: int | None = None
@@ -56,19 +59,14 @@ class RunConfig:
     baseline_dir: str = str(Path(__file__).resolve().parents[1] / "results" / "baselines")
 
     def __post_init__(self) -> None:
-        self._check_range("pruning_ratio", 0.0, 1.0, open_interval=True)
-        for name in ("dead_freq", "rare_freq", "ngram_coverage"):
-            self._check_range(name, 0.0, 1.0)
-        if self.seeds < 2 or min(self.top_k, self.batch_size, self.attention_windows) < 1 or self.analysis_window < 2:
-            raise ConfigError("--seeds must be ≥ 2 (controls report a std), --top-k, --batch-size and "
-                              "--attention-windows ≥ 1, --analysis-window ≥ 2")
-
-    def _check_range(self, name: str, low: float, high: float, open_interval: bool = False) -> None:
-        value = getattr(self, name)
-        inside = low < value < high if open_interval else low <= value <= high
-        if not inside:
-            brackets = "()" if open_interval else "[]"
-            raise ConfigError(f"--{name.replace('_', '-')} must lie in {brackets[0]}{low}, {high}{brackets[1]}, got {value}")
+        """Validate every option against its :data:`OPTIONS` entry (``Option.check``)."""
+        for option in OPTIONS:
+            value = getattr(self, option.field)
+            if option.check is not None and value is not None:
+                option.check(option.flag, value)
+        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
+            raise ConfigError(f"--max-tokens {self.max_tokens} is below --min-tokens {self.min_tokens}, the smallest "
+                              "sample an analysis accepts; raise --max-tokens (or lower --min-tokens)")
 
     def analysis_key(self) -> dict:
         """The options that determine activation statistics (part of the disk-cache key)."""
@@ -86,9 +84,62 @@ def config_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+Check = Callable[[str, object], None]
+"""Validates one option's value: ``check(flag, value)`` raises :class:`ConfigError` naming the
+flag, the value and the valid range."""
+
+
+def _bad(flag: str, value: object, valid: str) -> ConfigError:
+    return ConfigError(f"{flag} {value!r} is not valid: {valid}")
+
+
+def integer(minimum: int, why: str = "") -> Check:
+    """An integer ≥ ``minimum``."""
+    def check(flag: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _bad(flag, value, f"valid values are integers ≥ {minimum}{why}")
+    return check
+
+
+def real(low: float = -math.inf, high: float = math.inf, *, open_low: bool = False, open_high: bool = False) -> Check:
+    """A finite number in the interval from ``low`` to ``high`` (open ends where asked)."""
+    brackets = ("(" if open_low or low == -math.inf else "[") + "{}, {}" + (")" if open_high or high == math.inf else "]")
+    interval = brackets.format(low, high).replace("inf", "∞")
+
+    def check(flag: str, value: object) -> None:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        inside = math.isfinite(number) and (low < number if open_low else low <= number) and (
+            number < high if open_high else number <= high)
+        if not inside:
+            raise _bad(flag, value, f"valid values are finite numbers in {interval}")
+    return check
+
+
+def choice(*allowed: str) -> Check:
+    def check(flag: str, value: object) -> None:
+        if value not in allowed:
+            raise _bad(flag, value, f"choose one of {', '.join(allowed)}")
+    return check
+
+
+def layer_spec(flag: str, value: object) -> None:
+    """Syntax of a layer selection (the range is checked against each model when it loads)."""
+    from neuronbench.adapters.base import layer_ranges
+
+    layer_ranges(value)
+
+
+def device_spec(flag: str, value: object) -> None:
+    """A device that exists on this machine."""
+    from neuronbench.models import check_device
+
+    check_device(str(value))
+
+
 @dataclass(frozen=True)
 class Option:
-    """One command-line option: the pytest flag, the RunConfig field, its type and help."""
+    """One command-line option: the pytest flag, the RunConfig field, its type and help, and the
+    check its value must pass (:data:`Check`)."""
 
     flag: str
     field: str
@@ -96,36 +147,66 @@ class Option:
     help: str
     repeat: bool = False
     flag_only: bool = False
+    check: Check | None = None
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+FRACTION = real(0.0, 1.0)
 
 
 OPTIONS: tuple[Option, ...] = (
     Option("--model", "models", str, "model alias, hub id or local directory (repeatable); "
            f"default: {', '.join(DEFAULT_MODELS)}", repeat=True),
     Option("--dataset", "dataset", str, "wikitext-2, pydocs, or a path to raw text (default pydocs)"),
-    Option("--analysis-split", "analysis_split", str, "split where neurons are found (default train)"),
-    Option("--eval-split", "eval_split", str, "split where perplexity is measured (default test)"),
-    Option("--layers", "layers", str, "layers to analyse: all, 0,3,5 or 0-11 (default all)"),
-    Option("--max-tokens", "max_tokens", int, "tokens of the analysis split to analyse (default 50000; 0: all)"),
-    Option("--eval-max-tokens", "eval_max_tokens", int, "tokens of the eval split to score (default: all)"),
-    Option("--max-length", "max_length", int, "perplexity window (default: model context, at most 1024)"),
-    Option("--stride", "stride", int, "perplexity stride (default: half the window)"),
-    Option("--analysis-window", "analysis_window", int, "analysis window length T (default 128)"),
-    Option("--batch-size", "batch_size", int, "windows per forward pass (default 8; backs off on OOM)"),
-    Option("--device", "device", str, "cpu, cuda, cuda:1 … (default auto)"),
-    Option("--dtype", "dtype", str, "float32, bfloat16, float16 (default auto: bf16 on GPU, else fp32)"),
-    Option("--seeds", "seeds", int, "random-control seeds per ablation condition (default 5)"),
-    Option("--top-k", "top_k", int, "neurons kept by top-k analyses (default 10)"),
-    Option("--attention-windows", "attention_windows", int, "analysis windows scored for attention units (default 4)"),
-    Option("--pruning-ratio", "pruning_ratio", float, "fraction of neurons the pruning condition removes (default 0.1)"),
-    Option("--threshold", "threshold", float, "activation threshold τ (default: the adapter's, 0)"),
-    Option("--dead-freq", "dead_freq", float, "ε: dead iff activation frequency ≤ ε (default 0)"),
-    Option("--rare-freq", "rare_freq", float, "rarely active iff 0 < freq < this (default 0.05)"),
-    Option("--positional-mi", "positional_mi", float, "positional iff I(act; pos) > this (default 0.05)"),
-    Option("--positional-r", "positional_r", float, "Pearson positional iff |r| > this (default 0.3)"),
-    Option("--ngram-coverage", "ngram_coverage", float, "coverage of activations by n-grams (default 0.95)"),
-    Option("--token-max-unigrams", "token_max_unigrams", int, "token-detecting iff unigram count ≤ this (default 5)"),
-    Option("--min-occurrences", "min_occurrences", int, "occurrences a covered token needs (default 5)"),
-    Option("--baseline-tolerance", "baseline_tolerance", float, "relative tolerance of the baseline regression (default 0.02)"),
+    Option("--analysis-split", "analysis_split", str, "split where neurons are found (default train)",
+           check=choice(*SPLIT_NAMES)),
+    Option("--eval-split", "eval_split", str, "split where perplexity is measured (default test)",
+           check=choice(*SPLIT_NAMES)),
+    Option("--layers", "layers", str, "layers to analyse: all, 0,3,5 or 0-11 (default all)",
+           check=layer_spec),
+    Option("--max-tokens", "max_tokens", int, "tokens of the analysis split to analyse (default 50000; 0: all)",
+           check=integer(1, ", or 0 for all tokens")),
+    Option("--min-tokens", "min_tokens", int, "fewest analysis tokens an analysis accepts (default 1000)",
+           check=integer(1)),
+    Option("--eval-max-tokens", "eval_max_tokens", int, "tokens of the eval split to score (default: all)",
+           check=integer(1)),
+    Option("--max-length", "max_length", int, "perplexity window (default: model context, at most 1024)",
+           check=integer(2, " (one token of context and one to score)")),
+    Option("--stride", "stride", int, "perplexity stride (default: half the window)",
+           check=integer(1)),
+    Option("--analysis-window", "analysis_window", int, "analysis window length T (default 128)",
+           check=integer(2, " (positions need at least two)")),
+    Option("--batch-size", "batch_size", int, "windows per forward pass (default 8; backs off on OOM)",
+           check=integer(1)),
+    Option("--device", "device", str, "cpu, cuda, cuda:1 … (default auto)", check=device_spec),
+    Option("--dtype", "dtype", str, "float32, bfloat16, float16 (default auto: bf16 on GPU, else fp32)",
+           check=choice("auto", "float32", "bfloat16", "float16")),
+    Option("--seeds", "seeds", int, "random-control seeds per ablation condition (default 5)",
+           check=integer(2, " (the random controls report a standard deviation)")),
+    Option("--top-k", "top_k", int, "neurons kept by top-k analyses (default 10)",
+           check=integer(1)),
+    Option("--attention-windows", "attention_windows", int, "analysis windows scored for attention units (default 4)",
+           check=integer(1)),
+    Option("--pruning-ratio", "pruning_ratio", float, "fraction of neurons the pruning condition removes (default 0.1)",
+           check=real(0.0, 1.0, open_low=True, open_high=True)),
+    Option("--threshold", "threshold", float, "activation threshold τ (default: the adapter's, 0)",
+           check=real()),
+    Option("--dead-freq", "dead_freq", float, "ε: dead iff activation frequency ≤ ε (default 0)",
+           check=FRACTION),
+    Option("--rare-freq", "rare_freq", float, "rarely active iff 0 < freq < this (default 0.05)",
+           check=FRACTION),
+    Option("--positional-mi", "positional_mi", float, "positional iff I(act; pos) > this (default 0.05)",
+           check=real(0.0, math.log(2))),
+    Option("--positional-r", "positional_r", float, "Pearson positional iff |r| > this (default 0.3)",
+           check=FRACTION),
+    Option("--ngram-coverage", "ngram_coverage", float, "coverage of activations by n-grams (default 0.95)",
+           check=real(0.0, 1.0, open_low=True)),
+    Option("--token-max-unigrams", "token_max_unigrams", int, "token-detecting iff unigram count ≤ this (default 5)",
+           check=integer(1)),
+    Option("--min-occurrences", "min_occurrences", int, "occurrences a covered token needs (default 5)",
+           check=integer(1)),
+    Option("--baseline-tolerance", "baseline_tolerance", float, "relative tolerance of the baseline regression (default 0.02)",
+           check=real(0.0)),
     Option("--out", "out", str, "output directory (default analysis_outputs/)"),
     Option("--cache-dir", "cache_dir", str, "disk cache of activation statistics (default ~/.cache/neuronbench)"),
     Option("--no-cache", "no_cache", None, "ignore and do not write the disk cache", flag_only=True),

@@ -509,6 +509,20 @@ def tokenize_windows(
     return TokenWindows(ids.view(n_windows, window), mask.view(n_windows, window), n)
 
 
+def require_tokens(windows: TokenWindows, corpus: Corpus, minimum: int) -> TokenWindows:
+    """``windows`` if they hold at least ``minimum`` real tokens, else ``CorpusError`` naming the
+    minimum (``--min-tokens``). The default minimum, 1000, is chosen so that sampling alone rarely
+    makes a live neuron look dead: a neuron active on a fraction ``p`` of tokens is never active in
+    ``n`` tokens with probability ``(1 − p)^n``, 0.7 % for ``p`` = 0.5 % and ``n`` = 1000."""
+    if windows.n_tokens < minimum:
+        raise CorpusError(
+            f"corpus {corpus.name!r}, split {corpus.split!r} gives {windows.n_tokens} analysis tokens, fewer than "
+            f"the minimum of {minimum} (--min-tokens) an analysis needs. Fix: a larger corpus or --max-tokens, or "
+            "a lower --min-tokens if you accept the sampling error"
+        )
+    return windows
+
+
 def _full_windows(corpus: Corpus, stream: torch.Tensor, window: int) -> TokenWindows:
     """Only the full windows of ``stream``; ``CorpusError`` when there is none."""
     n_windows = stream.numel() // window

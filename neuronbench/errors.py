@@ -38,8 +38,16 @@ class CaptureError(NeuronbenchError):
     """A hook did not see the tensor it was registered for, or saw one of the wrong shape."""
 
 
+class NonFiniteActivationError(CaptureError):
+    """A captured activation (neurons, Δ) is NaN or infinite."""
+
+
 class AnalysisUnavailableError(NeuronbenchError):
     """An analysis was asked of a model that cannot provide it (e.g. Δ of a transformer)."""
+
+
+class CacheError(NeuronbenchError):
+    """A cache file is unreadable, truncated, altered, or was made for another key."""
 
 
 class ConfigError(NeuronbenchError):

@@ -14,6 +14,7 @@ fails at once with a :class:`ModelLoadError` that says how to fix it; nothing is
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuronbench.adapters import ArchitectureAdapter, adapter_for
-from neuronbench.errors import ModelLoadError, UnknownModelError
+from neuronbench.adapters import ArchitectureAdapter, adapter_for, require_supported
+from neuronbench.errors import ConfigError, ModelLoadError, NeuronbenchError, UnknownModelError
 from neuronbench.hub import hub_offline
 from neuronbench.zoo.artifacts import ZOO_ROOT as ZOO_DIR
 from neuronbench.zoo.artifacts import verify_builtin
@@ -52,6 +53,11 @@ HUB_ALIASES: dict[str, str] = {
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model")
+"""Files a Hugging Face tokenizer is loaded from (a model needs ``tokenizer.json``, or
+``vocab.json`` + ``merges.txt``, or a SentencePiece ``tokenizer.model``)."""
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
+"""Every loaded tokenizer must turn this into at least one token."""
 
 
 def known_aliases() -> list[str]:
@@ -79,6 +85,7 @@ def resolve_model(name: str) -> ModelSource:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"local model directory {str(path)!r} has no config.json")
+        require_supported(_local_model_type(path), name)
         return ModelSource(name, "local", str(path.resolve()))
     if HUB_ID.match(name) and not name.startswith("."):
         return ModelSource(name, "hub", name)
@@ -88,6 +95,14 @@ def resolve_model(name: str) -> ModelSource:
         f"unknown model {name!r}: not an alias, a local directory or a hub id (org/name). "
         f"Known aliases: {', '.join(known_aliases())}"
     )
+
+
+def _local_model_type(directory: Path) -> str | None:
+    """``model_type`` of a local directory's ``config.json``."""
+    try:
+        return json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ModelLoadError(f"cannot read {directory / 'config.json'}: {error}") from error
 
 
 @dataclass
@@ -128,10 +143,40 @@ class LoadedModel:
         }
 
 
+def available_devices() -> list[str]:
+    """The devices of this machine: ``cpu``, ``cuda:0`` … and ``mps`` where present."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless ``device`` is ``auto`` or exists here; the message lists
+    the devices that do."""
+    if device == "auto":
+        return
+    here = available_devices()
+    listed = f"devices on this machine: auto, {', '.join(here)}"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device name; {listed}") from None
+    if parsed.type == "cpu":
+        return
+    any_index = parsed.index is None and any(d.startswith(f"{parsed.type}:") for d in here)
+    if not (any_index or str(parsed) in here):
+        raise ConfigError(f"--device {device!r} does not exist on this machine; {listed}")
+
+
 def resolve_device(device: str | None) -> torch.device:
-    """``None``/``"auto"`` picks CUDA when available, else CPU."""
+    """``None``/``"auto"`` picks CUDA when available, else CPU; any other device must exist
+    (:func:`check_device`)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
     return torch.device(device)
 
 
@@ -147,13 +192,32 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 def _from_pretrained(location: str, dtype: torch.dtype, local_only: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    config = AutoConfig.from_pretrained(location, local_files_only=local_only)
+    require_supported(getattr(config, "model_type", None), location)
     model = AutoModelForCausalLM.from_pretrained(
         location, dtype=dtype, local_files_only=local_only, attn_implementation="eager"
     )
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+    check_tokenizer(tokenizer, location)
     return model, tokenizer
+
+
+def check_tokenizer(tokenizer: object, location: str) -> None:
+    """Raise :class:`ModelLoadError` unless ``tokenizer`` turns :data:`PROBE_TEXT` into at least one
+    token (a directory without tokenizer files loads an empty tokenizer that tokenizes every text
+    to ``[]``); the message names the tokenizer files that are missing."""
+    ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    if len(ids) > 0:
+        return
+    directory = Path(location)
+    missing = [name for name in TOKENIZER_FILES if not (directory / name).is_file()] if directory.is_dir() else []
+    where = f"missing from {location}: {', '.join(missing)}" if missing else f"in {location} they hold no vocabulary"
+    raise ModelLoadError(
+        f"the tokenizer of {location} turns the probe text {PROBE_TEXT!r} into no tokens: its tokenizer files "
+        f"are missing or empty ({where}). Fix: save the model's tokenizer next to its weights "
+        "(`AutoTokenizer.from_pretrained(<original>).save_pretrained(<dir>)`).")
 
 
 def _load_hub(source: ModelSource, dtype: torch.dtype):
@@ -175,6 +239,8 @@ def _load_local(source: ModelSource, dtype: torch.dtype):
         verify_builtin(Path(source.location).name, source.location)
     try:
         return _from_pretrained(source.location, dtype, local_only=True)
+    except NeuronbenchError:
+        raise
     except Exception as error:  # re-raised with the path and a fix
         hint = (
             f" Regenerate it with `python -m neuronbench zoo train {Path(source.location).name}`."

@@ -2,36 +2,51 @@
 
 Every write goes to a temporary file in the target directory and is moved into place with
 ``os.replace``, so a crashed or interrupted run never leaves a half-written file: a reader sees
-the previous version or the new one.
+the previous version or the new one. The temporary file is named
+``.<name>.<pid>@<host>.<random>.tmp``; one left behind by a killed process (its pid no longer
+runs on this host) is removed by :func:`remove_stale_temporaries` on the next run.
 
 Statistics are stored as one ``.npz`` with arrays named ``layer{l}/{array}`` plus the global
-arrays (``token_ids``, ``token_occurrences``) and a JSON ``metadata`` entry.
+arrays (``token_ids``, ``token_occurrences``), a JSON ``metadata`` entry and a JSON ``integrity``
+entry: the key the file was made for and the SHA-256 of every other entry (name, dtype, shape and
+bytes, in name order). :func:`load_statistics` recomputes it, so a truncated, bit-flipped or
+edited file, or one made for another key, raises :class:`CacheError` naming the path; it is
+never used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
+import zipfile
+import zlib
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from neuronbench.capture import ActivationStatistics
-from neuronbench.errors import NeuronbenchError
+from neuronbench.errors import CacheError, ConfigError
 
 GLOBAL_ARRAYS = ActivationStatistics.GLOBAL_ARRAYS
-FORMAT = ("neuronbench-statistics", 2, tuple(f.name for f in fields(ActivationStatistics)))
+FORMAT = ("neuronbench-statistics", 3, tuple(f.name for f in fields(ActivationStatistics)))
 """Identifies the on-disk layout; part of every disk-cache key, so a changed layout never loads."""
+INTEGRITY = "integrity"
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[^.]+\.tmp$")
 
 
 def write_bytes_atomic(path: str | Path, payload: bytes) -> Path:
     """Write ``payload`` to ``path`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}@{_HOST}.",
+                                         suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
@@ -82,28 +97,101 @@ def _json_default(value: object) -> object:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
 
 
-def save_statistics(stats: ActivationStatistics, path: str | Path) -> Path:
-    """Store ``stats`` as one ``.npz`` (atomic)."""
+def _running_here(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files under ``directory`` (recursively) that :func:`write_bytes_atomic`
+    left behind in a process that no longer runs on this host; return them. Files of live
+    processes and of other hosts are left alone."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    removed = []
+    for path in root.rglob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match and match["host"] == _HOST and not _running_here(int(match["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def ensure_writable_dir(directory: str | Path, flag: str) -> Path:
+    """Create ``directory`` if needed and prove it writable by creating and deleting a file in it;
+    ``ConfigError`` naming ``flag`` and the path otherwise."""
+    path = Path(directory).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=path, prefix=f".write-probe.{os.getpid()}@{_HOST}.", suffix=".tmp")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ConfigError(f"{flag} {str(directory)!r} is not a writable directory: {error.strerror or error}. "
+                          f"Choose another {flag}") from error
+    return path
+
+
+def content_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over ``arrays`` in name order: each name, dtype, shape and the C-order bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(json.dumps([name, value.dtype.str, list(value.shape)]).encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def save_statistics(stats: ActivationStatistics, path: str | Path, key: str = "") -> Path:
+    """Store ``stats`` as one ``.npz`` (atomic), with its ``integrity`` entry for ``key``."""
     arrays = {f"layer{layer}/{name}": value for layer, named in stats.layers.items() for name, value in named.items()}
     for name in GLOBAL_ARRAYS:
         if getattr(stats, name) is not None:
             arrays[name] = getattr(stats, name)
     scalars = {f.name: getattr(stats, f.name) for f in fields(stats) if f.name not in ("layers", *GLOBAL_ARRAYS)}
     arrays["metadata"] = np.array(json.dumps(scalars, default=_json_default))
+    arrays[INTEGRITY] = np.array(json.dumps({"key": key, "sha256": content_sha256(arrays)}))
     return write_npz_atomic(path, arrays)
 
 
-def load_statistics(path: str | Path) -> ActivationStatistics:
-    """Read statistics written by :func:`save_statistics`."""
+def load_statistics(path: str | Path, key: str = "") -> ActivationStatistics:
+    """Read statistics written by :func:`save_statistics` for ``key``; :class:`CacheError` (naming
+    the path and what is wrong) if the file cannot be read, fails its hash, or has another key."""
     try:
-        return _read_statistics(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise NeuronbenchError(f"cannot read activation statistics {path}: {error}; delete it to recompute") from error
+        contents = _read_archive(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise CacheError(f"cache file {path} is unreadable or truncated ({type(error).__name__}: {error})") from error
+    _verify(path, contents, key)
+    try:
+        return _statistics_of(contents)
+    except (ValueError, KeyError, TypeError) as error:
+        raise CacheError(f"cache file {path} does not hold activation statistics ({type(error).__name__}: {error})") from error
 
 
-def _read_statistics(path: str | Path) -> ActivationStatistics:
+def _read_archive(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as archive:
-        contents = {name: archive[name] for name in archive.files}
+        return {name: archive[name] for name in archive.files}
+
+
+def _verify(path: str | Path, contents: dict[str, np.ndarray], key: str) -> None:
+    if INTEGRITY not in contents:
+        raise CacheError(f"cache file {path} has no integrity record (written by another version?)")
+    recorded = json.loads(str(contents.pop(INTEGRITY)))
+    actual = content_sha256(contents)
+    if recorded.get("sha256") != actual:
+        raise CacheError(f"cache file {path} fails its content hash (recorded {recorded.get('sha256')}, "
+                         f"content {actual}): it was altered or damaged")
+    if recorded.get("key") != key:
+        raise CacheError(f"cache file {path} was made for key {recorded.get('key')!r}, not {key!r}")
+
+
+def _statistics_of(contents: dict[str, np.ndarray]) -> ActivationStatistics:
     scalars = json.loads(str(contents.pop("metadata")))
     layers: dict[int, dict[str, np.ndarray]] = {}
     for name, value in contents.items():

@@ -17,13 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.plugin import RUN_CONFIG
+from fixtures.plugin import RUN_CONFIG, runs_suite
 from fixtures.workspace import ModelWorkspace, safe_name
+from neuronbench.errors import NeuronbenchError
+from neuronbench.storage import ensure_writable_dir, remove_stale_temporaries
 from results import outputs
+from results.lock import RunLock
 from results.summary import summary_table
 
 RECORD_KEY = "neuronbench_record"
 SCHEMA_VERSION = 1
+MESSAGE_LINES = 5
+"""Lines of an exception's message kept in a failure record."""
 PACKAGES = ("neuronbench", "torch", "transformers", "datasets", "numpy", "pytest")
 
 
@@ -73,10 +78,11 @@ class Recorder:
 class ResultsCollector:
     """Controller-side gathering and writing of the run's outputs."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, lock: RunLock) -> None:
         self.config = config
         self.run_config = config.stash[RUN_CONFIG]
         self.out = Path(self.run_config.out)
+        self.lock = lock
         self.records: list[dict] = []
         self.failures: list[dict] = []
         self.started = datetime.now(timezone.utc).isoformat()
@@ -87,8 +93,7 @@ class ResultsCollector:
             fresh = [value for key, value in report.user_properties if key == RECORD_KEY]
         self.records.extend(fresh)
         if report.failed:
-            self.failures.append({"case": report.nodeid, "when": report.when,
-                                  "message": report.longreprtext.strip().splitlines()[-1:] or [""]})
+            self.failures.append(failure_record(report))
         if fresh or report.failed:
             self.write_results()
 
@@ -112,6 +117,9 @@ class ResultsCollector:
         self.write_results()
         outputs.write_session_outputs(self.out, self.results_payload(), self.run_config)
 
+    def pytest_unconfigure(self) -> None:
+        self.lock.release()
+
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.records:
             terminalreporter.section("neuronbench summary")
@@ -119,10 +127,33 @@ class ResultsCollector:
             terminalreporter.write_line(f"outputs: {self.out.resolve()}")
 
 
+def failure_record(report: pytest.TestReport) -> dict:
+    """A failed case: its id, phase, the first :data:`MESSAGE_LINES` lines of the exception's
+    message (``Type: text``) and where it was raised."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else report.longreprtext
+    return {"case": report.nodeid, "when": report.when,
+            "message": text.strip().splitlines()[:MESSAGE_LINES] or [""],
+            "location": f"{crash.path}:{crash.lineno}" if crash is not None else None}
+
+
+def open_out(out: Path) -> RunLock:
+    """Before any case runs: ``--out`` must be a writable directory and not in use by another run
+    (:mod:`results.lock`); temporary files that a killed run left in it are removed."""
+    ensure_writable_dir(out, "--out")
+    lock = RunLock(out)
+    remove_stale_temporaries(out)
+    return lock
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(ResultsCollector(config), "neuronbench-results")
+    if not hasattr(config, "workerinput") and runs_suite(config):
+        try:
+            lock = open_out(Path(config.stash[RUN_CONFIG].out))
+        except NeuronbenchError as error:
+            raise pytest.UsageError(str(error)) from error
+        config.pluginmanager.register(ResultsCollector(config, lock), "neuronbench-results")
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The statistics pass: one forward pass per batch over the analysis split feeds every detector.
 
 Records the token count, the per-layer arrays ``freq``, ``mean``, ``max`` (to
-``stats/<model>.npz``) and the time of the pass (pytest-benchmark; a disk-cache hit is marked).
+``stats/<model>.npz``) and the time of the pass (pytest-benchmark; a disk-cache hit is marked, and
+``cache_note`` says where the statistics came from or why the cache was not used).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def test_statistics(workspace, record, benchmark):
         arrays |= {f"layer{layer}/freq": freq, f"layer{layer}/mean": mean, f"layer{layer}/max": maximum}
     record(workspace, analysis="statistics", method="one-pass capture",
            metrics={"n_tokens": stats.n_tokens, "n_windows": stats.n_windows, "n_layers": len(stats.layers),
-                    "cache_hit": bool(workspace.cache_hit)},
+                    "cache_hit": bool(workspace.cache_hit), "cache_note": workspace.cache_note},
            thresholds={"tau": stats.threshold, "sweep": list(stats.sweep)}, arrays=arrays,
            figures={"activation_distribution": {
                "freq": np.concatenate([stats.freq(layer) for layer in sorted(stats.layers)]).tolist(),

@@ -17,7 +17,7 @@ from fixtures.workspace import safe_name
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--max-tokens", "1024", "--eval-max-tokens", "600", "--analysis-window", "32", "--max-length", "64",
          "--seeds", "2", "-p", "no:cacheprovider", "--benchmark-disable", "-q"]
-VOLATILE = {"started", "cache_hit", "case_duration"}
+VOLATILE = {"started", "cache_hit", "cache_note", "case_duration"}
 
 
 def run_suite(*args: str, cwd: Path = ROOT, **env_extra: str) -> subprocess.CompletedProcess:

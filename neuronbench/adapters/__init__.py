@@ -25,15 +25,22 @@ ADAPTERS: dict[str, type[ArchitectureAdapter]] = {
 }
 
 
+def require_supported(model_type: str | None, model: str) -> None:
+    """Raise :class:`UnsupportedArchitectureError` unless ``model_type`` has an adapter; the
+    message lists the supported types in one line."""
+    if model_type not in ADAPTERS:
+        raise UnsupportedArchitectureError(
+            f"model {model!r} has model_type {model_type!r}, which neuronbench does not support; supported "
+            f"model types: {', '.join(sorted(ADAPTERS))}. Add an adapter module under neuronbench/adapters/ "
+            "to support it."
+        )
+
+
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     """The adapter for ``model``, chosen by ``model.config.model_type``."""
     model_type = getattr(model.config, "model_type", None)
-    if model_type not in ADAPTERS:
-        raise UnsupportedArchitectureError(
-            f"model_type {model_type!r} is not supported; supported types: {sorted(ADAPTERS)}. "
-            "Add an adapter module under neuronbench/adapters/ to support it."
-        )
+    require_supported(model_type, getattr(model.config, "_name_or_path", type(model).__name__))
     return ADAPTERS[model_type](model)
 
 
-__all__ = ["ADAPTERS", "ArchitectureAdapter", "Tap", "TransformerAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "ArchitectureAdapter", "Tap", "TransformerAdapter", "adapter_for", "require_supported"]

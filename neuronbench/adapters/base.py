@@ -167,25 +167,41 @@ class ArchitectureAdapter(ABC):
         return {}
 
 
+def layer_ranges(spec: str) -> list[tuple[int, int]]:
+    """The ``(first, last)`` ranges of a layer selection string (``"0,3,5"``, ``"0-11"``); ``all``
+    gives ``[]``. Raises :class:`LayerRangeError` for garbage and for a reversed range (``3-1``)."""
+    if spec == "all":
+        return []
+    ranges = []
+    for part in str(spec).split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            bounds = (int(first), int(last or first))
+        except ValueError:
+            raise LayerRangeError(
+                f"cannot parse layer selection {spec!r}: use 'all', '0,3,5' or '0-11'") from None
+        if bounds[0] > bounds[1]:
+            raise LayerRangeError(
+                f"layer range {part.strip()!r} in --layers {spec!r} is reversed: write the lower layer first "
+                f"({bounds[1]}-{bounds[0]})")
+        ranges.append(bounds)
+    return ranges
+
+
 def parse_layers(spec: str | Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
     """Parse a layer selection: ``"all"``/``None``, ``"0,3,5"``, ``"0-11"``, or a list of ints.
 
-    Raises :class:`LayerRangeError` naming the valid range for any index outside it.
+    Raises :class:`LayerRangeError` naming the valid range for any index outside it, and for a
+    reversed range (:func:`layer_ranges`).
     """
     if spec is None or spec == "all":
         return tuple(range(num_layers))
     if isinstance(spec, str):
-        layers: list[int] = []
-        for part in spec.split(","):
-            first, _, last = part.strip().partition("-")
-            try:
-                bounds = (int(first), int(last or first))
-            except ValueError:
-                raise LayerRangeError(
-                    f"cannot parse layer selection {spec!r}: use 'all', '0,3,5' or '0-11' "
-                    f"(valid layers are 0..{num_layers - 1})"
-                ) from None
-            layers.extend(range(bounds[0], bounds[1] + 1))
+        try:
+            ranges = layer_ranges(spec)
+        except LayerRangeError as error:
+            raise LayerRangeError(f"{error} (valid layers are 0..{num_layers - 1})") from None
+        layers = [layer for first, last in ranges for layer in range(first, last + 1)]
     else:
         layers = list(spec)
     bad = [layer for layer in layers if not 0 <= layer < num_layers]

@@ -14,6 +14,7 @@ from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.adapters.base import parse_layers
 from neuronbench.batching import fit_batch_size
 from neuronbench.capture.batch import BatchContext
+from neuronbench.capture.checks import FiniteCheck, model_label
 from neuronbench.capture.config import CaptureConfig, NeuronLayout
 from neuronbench.capture.layer import LayerStatistics
 from neuronbench.capture.statistics import ActivationStatistics
@@ -78,6 +79,7 @@ class StatisticsCollector:
         }
         self._batch: BatchContext | None = None
         self._seen: set[str] = set()
+        self.finite = FiniteCheck(model_label(adapter))
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -111,8 +113,10 @@ class StatisticsCollector:
             batch.trigram_ids = self.trigram_rows.ids(codes.cpu().numpy())
         self._batch = batch
         self._seen = set()
+        self.finite.next_batch()
 
     def receive(self, name: str, tensor: torch.Tensor) -> None:
+        self.finite(name, tensor)
         layer, kind = parse_act_name(name)
         if kind == NEURONS:
             self.stats[layer].update_neurons(tensor, self._batch)
