@@ -375,14 +375,30 @@ def _writer(out: Path, cache: Path, reference) -> None:
         outputs.write_results(out, {"schema_version": 1, "records": records, "failures": []})
 
 
-def _run_writer(out: Path, cache: Path, reference, kill_after: float | None) -> None:
-    process = multiprocessing.get_context("fork").Process(target=_writer, args=(out, cache, reference))
+def _stalled_writer(out: Path, cache: Path, reference) -> None:
+    """The writer stuck inside an atomic write, after its temporary file is written and before it
+    is moved into place (where a kill leaves an orphan)."""
+    os.replace = lambda *args: time.sleep(3600)
+    _writer(out, cache, reference)
+
+
+def _run_writer(out: Path, cache: Path, reference, kill_after: float | None, stall: bool = False) -> bool:
+    """Run the writer in a forked process, SIGKILLed after ``kill_after`` seconds (or once it is
+    stalled mid-write); return whether the kill interrupted it."""
+    target = _stalled_writer if stall else _writer
+    process = multiprocessing.get_context("fork").Process(target=target, args=(out, cache, reference))
     process.start()
-    if kill_after is not None:
+    if stall:
+        deadline = time.monotonic() + 60
+        while not list(out.rglob("*.tmp")) + list(cache.rglob("*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    elif kill_after is not None:
         time.sleep(kill_after)
+    if stall or kill_after is not None:
         os.kill(process.pid, signal.SIGKILL)
     process.join(60)
-    assert process.exitcode in ((0, -signal.SIGKILL) if kill_after is not None else (0,))
+    assert process.exitcode in (0, -signal.SIGKILL)
+    return process.exitcode == -signal.SIGKILL
 
 
 def _check_readable(out: Path, cache: Path) -> int:
@@ -405,14 +421,14 @@ def test_sigkill_while_writing_leaves_everything_readable_and_the_rerun_equal(br
     duration = time.monotonic() - start
     out, cache = tmp_path / "killed" / "out", tmp_path / "killed" / "cache"
     rng = random.Random(0)
-    interrupted = 0
-    for _ in range(20):
+    interrupted = orphans = 0
+    for attempt in range(20):
         for stale in cache.glob("case*.npz"):  # some cases need recomputing on every try
             if rng.random() < 0.3:
                 stale.unlink()
-        _run_writer(out, cache, reference, rng.uniform(0.0, duration))
-        interrupted += _check_readable(out, cache) > 0
-    assert interrupted >= 1  # at least one kill landed inside a write
+        interrupted += _run_writer(out, cache, reference, rng.uniform(0.0, duration), stall=attempt % 5 == 4)
+        orphans += _check_readable(out, cache) > 0
+    assert interrupted >= 10 and orphans >= 4  # kills landed mid-run (16 expected), and mid-write
     _run_writer(out, cache, reference, None)
     assert not list(out.rglob("*.tmp")) and not list(cache.rglob("*.tmp"))
     assert (out / "results.json").read_bytes() == (clean_out / "results.json").read_bytes()
