@@ -26,6 +26,7 @@ class RunConfig:
 
     models: tuple[str, ...] = DEFAULT_MODELS
     dataset: str = "pydocs"
+    wikitext_format: str = "lm-eval"
     analysis_split: str = "train"
     eval_split: str = "test"
     layers: str = "all"
@@ -158,6 +159,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--model", "models", str, "model alias, hub id or local directory (repeatable); "
            f"default: {', '.join(DEFAULT_MODELS)}", repeat=True),
     Option("--dataset", "dataset", str, "wikitext-2, pydocs, or a path to raw text (default pydocs)"),
+    Option("--wikitext-format", "wikitext_format", str, "WikiText documents: lm-eval (document-level pages, "
+           "lm-eval's detokenizer; default) or raw (articles as written)", check=choice("lm-eval", "raw")),
     Option("--analysis-split", "analysis_split", str, "split where neurons are found (default train)",
            check=choice(*SPLIT_NAMES)),
     Option("--eval-split", "eval_split", str, "split where perplexity is measured (default test)",

@@ -13,11 +13,15 @@ SHA-256 of their text. Three kinds of source exist:
     ``datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=...)`` (``validation`` is the
     upstream ``validation`` split). The hub is tried only when it is reachable; otherwise only the
     local ``datasets`` cache is used, and a corpus that is not cached fails at once with a
-    :class:`~neuronbench.errors.CorpusError` that says how to fix it. Lines are grouped into
-    articles by :func:`wikitext_articles`; no other detokenization is applied.
+    :class:`~neuronbench.errors.CorpusError` that says how to fix it. By default
+    (``--wikitext-format lm-eval``) the lines are grouped into lm-evaluation-harness's
+    document-level pages (:func:`wikitext_pages`) and detokenized by its rules
+    (:func:`wikitext_detokenize`), words and bytes being counted on the pages before that, as
+    lm-eval's ``wikitext`` task does; ``--wikitext-format raw`` groups them into articles by
+    :func:`wikitext_articles` with no detokenization.
 a local path
     * a directory holding WikiText raw files (``*.train.raw``, ``*.valid.raw``, ``*.test.raw``,
-      e.g. ``wiki.train.raw``): the file of the requested split, grouped into articles exactly as
+      e.g. ``wiki.train.raw``): the file of the requested split, made into documents exactly as
       ``wikitext-2`` is;
     * otherwise a directory of ``*.txt`` files (not recursive): each file is one document, the key
       is the file name;
@@ -76,8 +80,10 @@ class Corpus:
     """One split of one corpus.
 
     ``name`` is the registry name (``"pydocs"``, ``"wikitext-2"``) or the path as given;
-    ``documents`` is the original text of each document, in order; ``sha256`` is the hex SHA-256
-    of ``text`` encoded as UTF-8; ``source`` says where the text came from.
+    ``documents`` is the text of each document as analysed and scored, in order; ``sha256`` is the
+    hex SHA-256 of ``text`` encoded as UTF-8; ``source`` says where the text came from;
+    ``preprocessing`` what was done to it (``"none"``, ``"wikitext:lm-eval"``, ``"wikitext:raw"``)
+    and ``originals`` each document's text before that, when it differs.
     """
 
     name: str
@@ -85,6 +91,14 @@ class Corpus:
     documents: tuple[str, ...]
     sha256: str
     source: str
+    originals: tuple[str, ...] | None = None
+    preprocessing: str = "none"
+
+    @property
+    def counted(self) -> tuple[str, ...]:
+        """The texts words and bytes are counted on: ``originals`` (the text before
+        preprocessing) where preprocessing changed it, else ``documents``."""
+        return self.documents if self.originals is None else self.originals
 
     @property
     def text(self) -> str:
@@ -97,18 +111,24 @@ class Corpus:
         return sum(len(d) for d in self.documents)
 
 
-def make_corpus(name: str, split: str, documents: Iterable[str], source: str) -> Corpus:
-    """Build a :class:`Corpus`, dropping whitespace-only documents and hashing the text.
+def make_corpus(name: str, split: str, documents: Iterable[str], source: str,
+                originals: Sequence[str] | None = None, preprocessing: str = "none") -> Corpus:
+    """Build a :class:`Corpus`, dropping whitespace-only documents (with their ``originals``) and
+    hashing the text.
 
     Raises ``CorpusError`` naming the corpus and split when no document is left.
     """
-    docs = tuple(d for d in documents if d.strip())
+    documents = list(documents)
+    kept = [i for i, d in enumerate(documents) if d.strip()]
+    docs = tuple(documents[i] for i in kept)
     if not docs:
         raise CorpusError(
             f"corpus {name!r}, split {split!r} is empty: it holds no text (source: {source})"
         )
     digest = hashlib.sha256(DOCUMENT_SEPARATOR.join(docs).encode("utf-8")).hexdigest()
-    return Corpus(name=name, split=split, documents=docs, sha256=digest, source=source)
+    return Corpus(name=name, split=split, documents=docs, sha256=digest, source=source,
+                  originals=None if originals is None else tuple(originals[i] for i in kept),
+                  preprocessing=preprocessing)
 
 
 def _check_split(split: str) -> None:
@@ -221,7 +241,7 @@ def is_wikitext_article_heading(line: str) -> bool:
 
 
 def wikitext_articles(rows: Iterable[str]) -> list[str]:
-    """Group WikiText raw lines into articles.
+    """Group WikiText raw lines into articles (the ``raw`` format).
 
     Each row is normalized by :func:`_wikitext_line`. An article starts at every level-1 heading
     (`` = Title = ``; `` = = Sub = = `` and deeper do not start one) and runs to the line before
@@ -237,6 +257,113 @@ def wikitext_articles(rows: Iterable[str]) -> list[str]:
         articles[-1].append(line)
     texts = ["\n".join(lines).strip("\n") for lines in articles]
     return [t for t in texts if t.strip()]
+
+
+def _starts_page(line: str) -> bool:
+    """lm-eval's page boundary: the line, with ``= = =`` and ``= =`` folded to ``===``/``==`` and
+    stripped, starts with ``"= "`` and ends with ``" ="`` (a level-1 heading)."""
+    folded = line.replace("= = =", "===").replace("= =", "==").strip()
+    return folded.startswith("= ") and folded.endswith(" =")
+
+
+def wikitext_pages(lines: Sequence[str]) -> list[str]:
+    """Group the lines of a WikiText raw file (``text.split("\\n")``, nothing stripped) into the
+    pages of lm-evaluation-harness's ``EleutherAI/wikitext_document_level`` dataset.
+
+    A page starts at every line that :func:`_starts_page`; a page is its lines joined by ``"\\n"``
+    exactly as they are. A page ending before the next one is kept when it holds non-blank text;
+    the last page is always kept (an empty one is then dropped by :func:`make_corpus`).
+    """
+    pages: list[str] = []
+    current: list[str] = []
+    for line in lines:
+        if _starts_page(line):
+            page = "\n".join(current)
+            if page.strip():
+                pages.append(page)
+            current = []
+        current.append(line)
+    pages.append("\n".join(current))
+    return pages
+
+
+_DETOKENIZE_RULES: tuple[tuple[str, str, str], ...] = (
+    # (kind, pattern, replacement) in order; kind "text" replaces a literal, "regex" substitutes.
+    ("text", "s '", "s'"),
+    ("regex", r"/' [0-9]/", r"/'[0-9]/"),
+    ("text", " @-@ ", "-"),
+    ("text", " @,@ ", ","),
+    ("text", " @.@ ", "."),
+    ("text", " : ", ": "),
+    ("text", " ; ", "; "),
+    ("text", " . ", ". "),
+    ("text", " ! ", "! "),
+    ("text", " ? ", "? "),
+    ("text", " , ", ", "),
+    ("regex", r"\(\s*([^\)]*?)\s*\)", r"(\1)"),
+    ("regex", r"\[\s*([^\]]*?)\s*\]", r"[\1]"),
+    ("regex", r"{\s*([^}]*?)\s*}", r"{\1}"),
+    ("regex", r"\"\s*([^\"]*?)\s*\"", r'"\1"'),
+    ("regex", r"'\s*([^']*?)\s*'", r"'\1'"),
+    ("text", "= = = =", "===="),
+    ("text", "= = =", "==="),
+    ("text", "= =", "=="),
+    ("text", " \N{DEGREE SIGN} ", "\N{DEGREE SIGN}"),
+    ("text", " \n", "\n"),
+    ("text", "\n ", "\n"),
+    ("text", " N ", " 1 "),
+    ("text", " 's", "'s"),
+)
+"""lm-evaluation-harness's ``wikitext_detokenizer`` (``lm_eval/tasks/wikitext/preprocess_wikitext.py``),
+rule by rule in its order: contractions, number separators (`` @-@ `` …), punctuation, brackets
+and quotes, heading markers, the degree sign, spaces around line breaks, ``N``, ``'s``. The rules
+are kept as they are there (the ``/' [0-9]/`` pattern included) so that the text scored is the
+text lm-eval scores."""
+
+
+def wikitext_detokenize(text: str) -> str:
+    """Apply :data:`_DETOKENIZE_RULES` to ``text``, in order."""
+    for kind, pattern, replacement in _DETOKENIZE_RULES:
+        text = text.replace(pattern, replacement) if kind == "text" else re.sub(pattern, replacement, text)
+    return text
+
+
+def _raw_lines_of_rows(rows: Iterable[str]) -> list[str]:
+    """The raw file's lines from ``datasets`` rows: each row is one line with its ``"\\n"``, and
+    ``""`` for a blank line, which the raw files write as a single space; a final ``""`` stands
+    for the text after the file's last newline (``text.split("\\n")`` gives it)."""
+    return [row[:-1] if row.endswith("\n") else (row if row.strip() else " ") for row in rows] + [""]
+
+
+def _lm_eval_format(lines: Sequence[str]) -> tuple[list[str], list[str]]:
+    """lm-eval's ``wikitext`` task: the document-level pages (:func:`wikitext_pages`), scored after
+    :func:`wikitext_detokenize`; words and bytes are counted on the pages before it."""
+    pages = [page for page in wikitext_pages(lines) if page.strip()]
+    return [wikitext_detokenize(page) for page in pages], pages
+
+
+def _raw_format(lines: Sequence[str]) -> tuple[list[str], None]:
+    """The raw articles of :func:`wikitext_articles`, scored and counted as they are."""
+    return wikitext_articles(lines), None
+
+
+WIKITEXT_FORMATS: dict[str, Callable[[Sequence[str]], tuple[list[str], list[str] | None]]] = {
+    "lm-eval": _lm_eval_format,
+    "raw": _raw_format,
+}
+"""How WikiText lines become documents (``--wikitext-format``): ``lm-eval`` (default) is
+lm-evaluation-harness's ``wikitext`` task (document-level pages, its detokenizer), so word
+perplexity and bits per byte compare with published lm-eval figures; ``raw`` keeps the raw
+articles."""
+
+
+def wikitext_corpus(name: str, split: str, lines: Sequence[str], source: str, wikitext_format: str) -> Corpus:
+    """One WikiText split from its raw lines in the chosen format (:data:`WIKITEXT_FORMATS`)."""
+    if wikitext_format not in WIKITEXT_FORMATS:
+        raise ConfigError(f"--wikitext-format {wikitext_format!r} is not valid: choose one of "
+                          f"{', '.join(WIKITEXT_FORMATS)}")
+    documents, originals = WIKITEXT_FORMATS[wikitext_format](lines)
+    return make_corpus(name, split, documents, source, originals=originals, preprocessing=f"wikitext:{wikitext_format}")
 
 
 def _wikitext_not_available(split: str, offline: bool, exc: Exception) -> CorpusError:
@@ -257,11 +384,13 @@ def _wikitext_not_available(split: str, offline: bool, exc: Exception) -> Corpus
     )
 
 
-def load_wikitext2(split: str) -> Corpus:
+def load_wikitext2(split: str, wikitext_format: str = "lm-eval") -> Corpus:
     """``wikitext-2`` through ``datasets`` (hub when reachable, else the local cache only).
 
     The hub is considered offline when :func:`neuronbench.hub.hub_offline` says so; then ``datasets`` runs in offline mode, so a corpus that is not
-    cached fails within seconds, without retries. Articles as :func:`wikitext_articles`.
+    cached fails within seconds, without retries. The rows are turned back into the raw file's
+    lines (:func:`_raw_lines_of_rows`) and documents are made in ``wikitext_format``
+    (:data:`WIKITEXT_FORMATS`).
     """
     _check_split(split)
     offline = hub_offline()
@@ -273,7 +402,7 @@ def load_wikitext2(split: str) -> Corpus:
     except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError..)
         raise _wikitext_not_available(split, offline, exc) from exc
     source = "datasets:wikitext/wikitext-2-raw-v1"
-    return make_corpus("wikitext-2", split, wikitext_articles(rows), source)
+    return wikitext_corpus("wikitext-2", split, _raw_lines_of_rows(rows), source, wikitext_format)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +426,9 @@ def _wikitext_raw_files(directory: Path) -> dict[str, list[Path]]:
     }
 
 
-def _load_wikitext_raw_dir(name: str, directory: Path, split: str, files: list[Path]) -> Corpus:
-    """One split of a local WikiText raw directory, grouped as :func:`wikitext_articles`."""
+def _load_wikitext_raw_dir(name: str, directory: Path, split: str, files: list[Path],
+                           wikitext_format: str) -> Corpus:
+    """One split of a local WikiText raw directory, in ``wikitext_format`` (:data:`WIKITEXT_FORMATS`)."""
     suffix = WIKITEXT_RAW_SUFFIXES[split]
     if len(files) != 1:
         found = ", ".join(p.name for p in files) or "none"
@@ -306,9 +436,7 @@ def _load_wikitext_raw_dir(name: str, directory: Path, split: str, files: list[P
             f"corpus {name!r}: split {split!r} needs exactly one '*{suffix}' file in "
             f"{str(directory)!r} (found: {found})"
         )
-    with open(files[0], encoding="utf-8") as handle:
-        articles = wikitext_articles(handle)
-    return make_corpus(name, split, articles, str(files[0]))
+    return wikitext_corpus(name, split, _read_text(files[0]).split("\n"), str(files[0]), wikitext_format)
 
 
 def _load_txt_dir(name: str, directory: Path, split: str) -> Corpus:
@@ -345,8 +473,9 @@ def _load_text_file(name: str, path: Path, split: str) -> Corpus:
     return make_corpus(name, split, split_documents(items, split), str(path))
 
 
-def load_local(path: str, split: str) -> Corpus:
-    """A corpus from a local file or directory (see the module docstring for the rules)."""
+def load_local(path: str, split: str, wikitext_format: str = "lm-eval") -> Corpus:
+    """A corpus from a local file or directory (see the module docstring for the rules);
+    ``wikitext_format`` applies to a directory of WikiText raw files."""
     _check_split(split)
     target = Path(path).expanduser()
     if not target.exists():
@@ -355,7 +484,7 @@ def load_local(path: str, split: str) -> Corpus:
         return _load_text_file(path, target, split)
     raw = _wikitext_raw_files(target)
     if any(raw.values()):
-        return _load_wikitext_raw_dir(path, target, split, raw[split])
+        return _load_wikitext_raw_dir(path, target, split, raw[split], wikitext_format)
     return _load_txt_dir(path, target, split)
 
 
@@ -363,10 +492,11 @@ def load_local(path: str, split: str) -> Corpus:
 # Registry
 
 
-CORPORA: dict[str, Callable[[str], Corpus]] = {
-    "pydocs": load_pydocs,
+CORPORA: dict[str, Callable[..., Corpus]] = {
+    "pydocs": lambda split, wikitext_format: load_pydocs(split),
     "wikitext-2": load_wikitext2,
 }
+"""Registered corpora: ``loader(split, wikitext_format)`` (pydocs has no WikiText format)."""
 
 
 def _looks_like_path(name: str) -> bool:
@@ -375,8 +505,9 @@ def _looks_like_path(name: str) -> bool:
     return any(s in name for s in seps) or name.startswith((".", "~")) or bool(Path(name).suffix)
 
 
-def load_corpus(name_or_path: str, split: str) -> Corpus:
-    """Load ``split`` of a registered corpus (:data:`CORPORA`) or of a local file or directory.
+def load_corpus(name_or_path: str, split: str, wikitext_format: str = "lm-eval") -> Corpus:
+    """Load ``split`` of a registered corpus (:data:`CORPORA`) or of a local file or directory;
+    ``wikitext_format`` (:data:`WIKITEXT_FORMATS`) says how WikiText becomes documents.
 
     A registered name wins over a path of the same name. Raises ``CorpusError`` for an unknown
     split, a missing path (naming it), an unknown name (listing the registered corpora) and an
@@ -384,9 +515,9 @@ def load_corpus(name_or_path: str, split: str) -> Corpus:
     """
     _check_split(split)
     if name_or_path in CORPORA:
-        return CORPORA[name_or_path](split)
+        return CORPORA[name_or_path](split, wikitext_format)
     if Path(name_or_path).expanduser().exists():
-        return load_local(name_or_path, split)
+        return load_local(name_or_path, split, wikitext_format)
     known = ", ".join(sorted(CORPORA))
     if _looks_like_path(name_or_path):
         raise CorpusError(

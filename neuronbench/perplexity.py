@@ -47,8 +47,10 @@ Every token of every document is scored exactly once. With ``NLL`` the total ove
     byte_perplexity = exp(NLL / bytes),   bytes = Σ_docs len(doc.encode("utf-8"))
     bits_per_byte   = NLL / (bytes · ln 2)
 
-(lm-eval's ``count_words``/``count_bytes`` on the original document text: a document that starts
-or ends with whitespace counts one empty "word" there, exactly as lm-eval does.)
+(lm-eval's ``count_words``/``count_bytes`` on the original document text, ``Corpus.counted``: for
+WikiText in the ``lm-eval`` format the page before detokenization, as lm-eval's ``wikitext`` task
+counts; a document that starts or ends with whitespace counts one empty "word" there, exactly as
+lm-eval does.)
 
 A NaN or infinite NLL on a scored token raises :class:`NonFiniteLossError` naming the window;
 nothing is skipped.
@@ -362,7 +364,8 @@ def prepare_token_evaluation(config: Any, stream: torch.Tensor, max_length: int 
 
 def corpus_source(corpus: Corpus) -> dict:
     """Provenance of a corpus split for results."""
-    return {"dataset": corpus.name, "split": corpus.split, "dataset_sha256": corpus.sha256}
+    return {"dataset": corpus.name, "split": corpus.split, "dataset_sha256": corpus.sha256,
+            "preprocessing": corpus.preprocessing}
 
 
 def token_evaluation_for_corpus(config: Any, corpus: Corpus, tokenizer: Any,
@@ -477,8 +480,8 @@ def prepare_document_evaluation(config: Any, corpus: Corpus, tokenizer: Any,
     windows = rolling_windows(tokenize_documents(corpus, tokenizer), prefix, length, prefix)
     return DocumentEvaluation(
         windows, length, prefix,
-        n_words=sum(count_words(d) for d in corpus.documents),
-        n_bytes=sum(count_bytes(d) for d in corpus.documents),
+        n_words=sum(count_words(d) for d in corpus.counted),
+        n_bytes=sum(count_bytes(d) for d in corpus.counted),
         n_documents=len(corpus.documents), source=corpus_source(corpus))
 
 

@@ -269,22 +269,22 @@ def _write_raw_dir(root, prefix="wiki"):
 
 def test_wikitext_raw_dir_groups_articles(tmp_path):
     root = _write_raw_dir(tmp_path / "wt")
-    train = load_corpus(str(root), "train")
+    train = load_corpus(str(root), "train", wikitext_format="raw")
     assert train.documents == (
         " = Alpha = \n\n Alpha is a letter @-@ like thing . \n\n = = History = = \n\n"
         " It was used early . \n = = = Details = = = \n More text . ",
         " = Beta = \n\n Beta follows alpha . ",
     )
     assert train.name == str(root) and train.source.endswith("wiki.train.raw")
-    assert load_corpus(str(root), "validation").documents == (" = Gamma = \n\n Gamma text . ",)
-    assert load_corpus(str(root), "test").documents == (" = Delta = \n Delta text . ",)
+    assert load_corpus(str(root), "validation", "raw").documents == (" = Gamma = \n\n Gamma text . ",)
+    assert load_corpus(str(root), "test", "raw").documents == (" = Delta = \n Delta text . ",)
 
 
 def test_wikitext_grouping_same_for_datasets_rows_and_raw_file(tmp_path):
     root = _write_raw_dir(tmp_path / "wt")
     # datasets' wikitext builder yields each line with its "\n", and "" for blank lines
     rows = [line if line.strip() else "" for line in RAW_TRAIN.splitlines(keepends=True)]
-    assert tuple(wikitext_articles(rows)) == load_corpus(str(root), "train").documents
+    assert tuple(wikitext_articles(rows)) == load_corpus(str(root), "train", "raw").documents
 
 
 def test_wikitext_heading_rule():
