@@ -95,15 +95,18 @@ def broken_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def broken_run(broken_models, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
-    """One suite run over the model without tokenizer files and the model with a NaN weight."""
+    """One suite run over the model without tokenizer files and the model with a NaN weight: the
+    capture cases and the perplexity cases."""
     root = tmp_path_factory.mktemp("broken_run")
     result = run_suite("--model", str(broken_models["no-tokenizer"]), "--model", str(broken_models["nan-weights"]),
-                       "-m", "statistics or dead", "--cache-dir", str(root / "cache"), "--out", str(root / "out"))
+                       "-m", "statistics or dead or perplexity", "--eval-max-tokens", "200", "--max-length", "64",
+                       "--cache-dir", str(root / "cache"), "--out", str(root / "out"))
     return result, root / "out", root / "cache"
 
 
 def failures_of(out: Path, model: str) -> list[dict]:
-    return [f for f in json.loads((out / "results.json").read_text())["failures"] if f"[{model}]" in f["case"]]
+    return [f for f in json.loads((out / "results.json").read_text())["failures"]
+            if f"[{model}]" in f["case"] or f"[{model}-" in f["case"]]
 
 
 # -- rows: no tokenizer files, NaN weights, failure records keep the message ----------------------
@@ -113,7 +116,7 @@ def test_model_without_tokenizer_files_fails_naming_them(broken_run):
     result, out, cache = broken_run
     assert result.returncode == 1, result.stdout[-3000:]
     failures = failures_of(out, "no-tokenizer")
-    assert len(failures) == 4  # statistics, dead, rarely_active, overlaps: every case of the model
+    assert len(failures) == 6  # statistics, dead, rarely_active, overlaps, 2 perplexity: every case of it
     message = " ".join(failures[0]["message"])
     assert "ModelLoadError" in message and "no tokens" in message and "tokenizer.json" in message
     records = json.loads((out / "results.json").read_text())["records"]
@@ -123,13 +126,22 @@ def test_model_without_tokenizer_files_fails_naming_them(broken_run):
 
 def test_nan_weights_fail_the_capture_naming_model_layer_tensor_batch(broken_run):
     result, out, cache = broken_run
-    failures = failures_of(out, "nan-weights")
+    failures = [f for f in failures_of(out, "nan-weights") if "test_perplexity" not in f["case"]]
     assert {f["case"].split("::")[1].split("[")[0] for f in failures} == {
         "test_statistics", "test_dead", "test_rarely_active", "test_type_overlaps"}
     message = " ".join(failures[0]["message"])
     assert "NonFiniteActivationError" in message and "nan-weights" in message
     assert "layer 1" in message and "'blocks.1.neurons'" in message and "batch 0" in message
     assert "dead" not in json.loads((out / "neurons.json").read_text())
+
+
+def test_nan_weights_fail_perplexity_naming_the_window(broken_run):
+    _, out, _ = broken_run
+    failures = {f["case"].split("-")[-1]: f["message"][0] for f in failures_of(out, "nan-weights")
+                if "test_perplexity" in f["case"]}
+    assert failures["rolling]"].startswith("neuronbench.errors.NonFiniteLossError: non-finite negative "
+                                           "log-likelihood (nan) in window 0 (document 0")
+    assert "NonFiniteActivationError" in failures["sliding]"]  # its ablation runner needs the statistics
 
 
 def test_failure_records_and_report_keep_the_exception_message(broken_run):
@@ -151,6 +163,11 @@ def test_finite_check_costs_one_reduction_and_names_the_batch():
     bad[1, 2, 3] = float("-inf")
     with pytest.raises(NonFiniteActivationError, match=r"layer 0, tensor 'blocks.0.neurons'.*batch 1.*\(1, 2, 3\)"):
         collector.feed(ids, mask, {"blocks.0.neurons": bad})
+    ssm = StatisticsCollector(NeuronLayout(num_layers=2, width=4, has_ssm=True), config, 3, 10, torch.device("cpu"))
+    delta = torch.ones(2, 3, 4)
+    delta[0, 1, 2] = float("nan")
+    with pytest.raises(NonFiniteActivationError, match=r"layer 1, tensor 'blocks.1.ssm.delta' \(ssm.delta\), batch 0"):
+        ssm.feed(ids, mask, {"blocks.0.neurons": bad[:1].expand(2, 3, 4) * 0, "blocks.1.ssm.delta": delta})
 
 
 def test_probe_text_must_give_tokens(broken_models):
