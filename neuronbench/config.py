@@ -102,21 +102,27 @@ def integer(minimum: int, why: str = "") -> Check:
     return check
 
 
+def _bound(value: float) -> str:
+    return {math.inf: "∞", -math.inf: "-∞"}.get(value, f"{value:g}")
+
+
 def real(low: float = -math.inf, high: float = math.inf, *, open_low: bool = False, open_high: bool = False) -> Check:
-    """A finite number in the interval from ``low`` to ``high`` (open ends where asked)."""
-    brackets = ("(" if open_low or low == -math.inf else "[") + "{}, {}" + (")" if open_high or high == math.inf else "]")
-    interval = brackets.format(low, high).replace("inf", "∞")
+    """A finite number ``x`` with ``low ≤ x ≤ high`` (``<`` at an open end)."""
+    left = "(" if open_low or math.isinf(low) else "["
+    right = ")" if open_high or math.isinf(high) else "]"
+    interval = f"{left}{_bound(low)}, {_bound(high)}{right}"
 
     def check(flag: str, value: object) -> None:
         number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-        inside = math.isfinite(number) and (low < number if open_low else low <= number) and (
-            number < high if open_high else number <= high)
-        if not inside:
+        above = low < number if open_low else low <= number
+        below = number < high if open_high else number <= high
+        if not (math.isfinite(number) and above and below):
             raise _bad(flag, value, f"valid values are finite numbers in {interval}")
     return check
 
 
 def choice(*allowed: str) -> Check:
+    """One of ``allowed``."""
     def check(flag: str, value: object) -> None:
         if value not in allowed:
             raise _bad(flag, value, f"choose one of {', '.join(allowed)}")

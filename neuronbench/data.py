@@ -54,10 +54,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from neuronbench.config import SPLIT_NAMES
 from neuronbench.errors import ConfigError, CorpusError
 from neuronbench.hub import datasets_offline, hub_offline
 
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
+SPLITS: tuple[str, ...] = SPLIT_NAMES
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "validation": 0.1, "test": 0.1}
 DOCUMENT_SEPARATOR = "\n\n"
 WIKITEXT_RAW_SUFFIXES: dict[str, str] = {

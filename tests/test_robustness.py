@@ -184,8 +184,8 @@ def test_probe_text_must_give_tokens(broken_models):
 
 USAGE_ERRORS = {
     "threshold nan": ({"threshold": float("nan")}, ConfigError, ["--threshold nan", "finite"]),
-    "dead-freq inf": ({"dead_freq": float("inf")}, ConfigError, ["--dead-freq inf", "[0.0, 1.0]"]),
-    "pruning 1": ({"pruning_ratio": 1.0}, ConfigError, ["--pruning-ratio 1.0", "(0.0, 1.0)"]),
+    "dead-freq inf": ({"dead_freq": float("inf")}, ConfigError, ["--dead-freq inf", "[0, 1]"]),
+    "pruning 1": ({"pruning_ratio": 1.0}, ConfigError, ["--pruning-ratio 1.0", "(0, 1)"]),
     "layers 3-1": ({"layers": "3-1"}, LayerRangeError, ["'3-1'", "reversed", "1-3"]),
     "seeds 0": ({"seeds": 0}, ConfigError, ["--seeds 0", "integers ≥ 2"]),
     "batch-size 0": ({"batch_size": 0}, ConfigError, ["--batch-size 0", "integers ≥ 1"]),
