@@ -74,6 +74,7 @@ class StatisticsCollector:
                 tokens=(TokenStatistics(widths[layer], self.rows, device, config.trigrams)
                         if self.rows is not None else None),
                 trigram_counts=TrigramCounts(chosen[layer], device) if layer in chosen else None,
+                top_k=config.top_activations,
             )
             for layer in self.layers
         }

@@ -17,7 +17,8 @@ class CaptureConfig:
     (BOS); ``delta`` reads Δ statistics (only for SSMs; ``None`` means "when the model has Δ");
     ``trigrams`` keeps the trigram index (and, with ``token_counts``, ``trigram_active_count``);
     ``trigram_neurons`` the neurons that get exact ``(trigram, neuron)`` tables: ``None``,
-    ``"all"`` or ``{layer: neuron indices}``.
+    ``"all"`` or ``{layer: neuron indices}``; ``top_activations`` k of the streamed top-k
+    activating positions per neuron (:mod:`.topk`; 0: not kept).
     """
 
     layers: tuple[int, ...] | str | None = None
@@ -30,6 +31,7 @@ class CaptureConfig:
     batch_size: int = 8
     trigrams: bool = True
     trigram_neurons: Mapping[int, Sequence[int]] | str | None = None
+    top_activations: int = 0
 
 
 @dataclass(frozen=True)

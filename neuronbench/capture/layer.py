@@ -10,6 +10,7 @@ from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic
 from neuronbench.capture.moments import Moments
 from neuronbench.capture.positions import Positions
 from neuronbench.capture.ssm import DeltaMoments
+from neuronbench.capture.topk import TopActivations
 from neuronbench.capture.tokens import TokenStatistics
 from neuronbench.capture.trigrams import TrigramCounts
 from neuronbench.errors import CaptureError
@@ -18,22 +19,23 @@ from neuronbench.errors import CaptureError
 class LayerStatistics:
     """Streaming statistics of one layer's neurons (and Δ channels, for an SSM).
 
-    ``moments`` always; ``positions``, ``tokens`` (per-token table) and ``trigram_counts`` when
-    given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
+    ``moments`` always; ``positions``, ``tokens`` (per-token table), ``trigram_counts`` and the
+    top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
     positional statistics).
     """
 
     def __init__(self, layer: int, width: int, threshold: float, sweep: tuple[float, ...], window: int,
                  device: torch.device, positions: bool = True, tokens: TokenStatistics | None = None,
-                 trigram_counts: TrigramCounts | None = None) -> None:
+                 trigram_counts: TrigramCounts | None = None, top_k: int = 0) -> None:
         self.layer, self.width, self.threshold, self.window = layer, width, threshold, window
         self.moments = Moments(width, sweep, device)
         self.positions = Positions(width, window, device) if positions else None
         self.tokens = tokens
         self.trigram_counts = trigram_counts
         self.delta = DeltaMoments(device)
+        self.top = TopActivations(width, top_k, device) if top_k else None
         self.statistics: list[NeuronStatistic] = [
-            s for s in (self.moments, self.positions, self.tokens, self.trigram_counts) if s is not None]
+            s for s in (self.moments, self.positions, self.tokens, self.trigram_counts, self.top) if s is not None]
 
     @property
     def n_tokens(self) -> int:
