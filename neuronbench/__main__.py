@@ -17,6 +17,9 @@ COMMANDS: dict[str, str] = {
     "ablation": "neuronbench.cli:ablation_command",
     "ngram": "neuronbench.cli:ngram_command",
     "zoo": "neuronbench.zoo.cli:main",
+    "report": "neuronbench.replay:report_command",
+    "compare": "neuronbench.replay:compare_command",
+    "screenshots": "neuronbench.browser:screenshots_command",
 }
 
 

@@ -43,6 +43,8 @@ class RunConfig:
     attention_windows: int = 4
     top_k: int = 10
     pruning_ratio: float = 0.1
+    top_contexts: int = 20
+    page_neurons: int = 5
     threshold: float | None = None
     dead_freq: float = 0.0
     rare_freq: float = 0.05
@@ -198,6 +200,10 @@ OPTIONS: tuple[Option, ...] = (
            check=integer(1)),
     Option("--pruning-ratio", "pruning_ratio", float, "fraction of neurons the pruning condition removes (default 0.1)",
            check=real(0.0, 1.0, open_low=True, open_high=True)),
+    Option("--top-contexts", "top_contexts", int, "top-activating contexts kept per neuron for neuron pages (default 20)",
+           check=integer(1)),
+    Option("--page-neurons", "page_neurons", int, "neurons per detector and model that get a page (default 5)",
+           check=integer(1)),
     Option("--threshold", "threshold", float, "activation threshold τ (default: the adapter's, 0)",
            check=real()),
     Option("--dead-freq", "dead_freq", float, "ε: dead iff activation frequency ≤ ε (default 0)",

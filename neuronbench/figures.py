@@ -1,12 +1,15 @@
 """The paper figures and the suite's charts, rendered from the figure data the cases recorded.
 
 Each renderer is registered in ``FIGURES`` under the ``figures`` key a record carries; it gets
-every record with that key and writes one or more PNGs. One seaborn style for all.
+every record with that key and writes one or more PNGs, or returns a :class:`Note` (a sentence)
+where the analysis found nothing to plot. One seaborn style for all; layer axes have integer
+ticks (:func:`layer_axis`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -15,10 +18,22 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from neuronbench.storage import write_bytes_atomic  # noqa: E402
 
-Renderer = Callable[[list[dict], Path], list[Path]]
+
+
+@dataclass(frozen=True)
+class Note:
+    """What a figure says instead of an empty plot: ``title`` and one sentence."""
+
+    title: str
+    text: str
+
+
+Output = Path | Note
+Renderer = Callable[[list[dict], Path], list[Output]]
 FIGURES: dict[str, Renderer] = {}
 
 
@@ -41,14 +56,26 @@ def save(fig: plt.Figure, path: Path) -> Path:
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def render_figures(records: list[dict], plots: Path) -> list[Path]:
-    """Render every registered figure whose data some record carries."""
+def layer_axis(ax: plt.Axes, axis: str = "x") -> None:
+    """Label a layer axis with integer ticks only."""
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+    getattr(ax, f"set_{axis}label")("layer")
+
+
+def found_nothing(*series: object) -> bool:
+    """True when every value of every series is 0 or missing (nothing to plot)."""
+    values = [v for s in series for v in np.ravel(np.asarray(s, dtype=object)) if v is not None]
+    return not any(float(v) != 0 and not np.isnan(float(v)) for v in values)
+
+
+def render_figures(records: list[dict], plots: Path) -> dict[str, list[Output]]:
+    """Render every registered figure whose data some record carries: ``{figure name: outputs}``."""
     sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
-    written: list[Path] = []
+    written: dict[str, list[Output]] = {}
     for name, renderer in FIGURES.items():
         chosen = [r for r in records if name in r.get("figures", {})]
         if chosen:
-            written.extend(renderer(chosen, plots))
+            written[name] = renderer(chosen, plots)
     return written
 
 
@@ -57,9 +84,16 @@ def _model_label(record: dict) -> str:
 
 
 @figure("ablation")
-def ablation_chart(records: list[dict], plots: Path) -> list[Path]:
+def ablation_chart(records: list[dict], plots: Path) -> list[Output]:
     """Relative perplexity change of each condition (bars) against its random control (mean ± std
-    over seeds, error bars), one panel per model and ablation mode."""
+    over seeds, error bars), one panel per model and ablation mode; conditions that ablate nothing
+    are named in a sentence instead of drawn as empty bars."""
+    empty = sorted({r["figures"]["ablation"]["condition"] for r in records if r["metrics"]["n_neurons"] == 0}
+                   - {r["figures"]["ablation"]["condition"] for r in records if r["metrics"]["n_neurons"] > 0})
+    records = [r for r in records if r["metrics"]["n_neurons"] > 0]
+    note = [Note("ablation", f"Nothing to ablate (no units found) for: {', '.join(empty)}.")] if empty else []
+    if not records:
+        return note
     panels = sorted({(_model_label(r), r["mode"]) for r in records})
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
     for ax, (model, mode) in zip(axes[:, 0], panels):
@@ -77,7 +111,7 @@ def ablation_chart(records: list[dict], plots: Path) -> list[Path]:
         ax.set_title(f"{model}: {mode}-ablation")
         ax.axhline(0, color="black", linewidth=0.8)
         ax.legend(fontsize=8)
-    return [save(fig, plots / "ablation.png")]
+    return [save(fig, plots / "ablation.png"), *note]
 
 
 @figure("attention")
@@ -143,26 +177,35 @@ def _per_model_lines(ax: plt.Axes, records: list[dict], key: str, part: str, fie
         data = record["figures"][key][part]
         values = [np.nan if v is None else v for v in data[field]]
         ax.plot(data["layers"], values, marker="o", label=_model_label(record))
-    ax.set(xlabel="layer", ylabel=label)
+    ax.set(ylabel=label)
+    layer_axis(ax)
     ax.legend(fontsize=8)
 
 
 @figure("dead")
-def dead_figures(records: list[dict], plots: Path) -> list[Path]:
-    """Figure 1a (% dead neurons per layer), 1b (mean activation frequency of the alive neurons),
-    overlaid across models, and the τ sweep (dead % per layer and τ) per model."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    _per_model_lines(axes[0], records, "dead", "fig1a", "dead_percent", "dead neurons (%)")
-    axes[0].set_title("Figure 1a: dead neurons")
-    _per_model_lines(axes[1], records, "dead", "fig1b", "mean_freq_alive", "mean frequency of alive neurons")
-    axes[1].set_title("Figure 1b: activation frequency")
-    written = [save(fig, plots / "fig1_dead.png")]
+def dead_figures(records: list[dict], plots: Path) -> list[Output]:
+    """Figure 1a (% dead neurons per layer; a sentence when no layer has any), 1b (mean activation
+    frequency of the alive neurons), overlaid across models, and the τ sweep (dead % per layer and
+    τ) per model."""
+    none_dead = found_nothing(*(r["figures"]["dead"]["fig1a"]["dead_percent"] for r in records))
+    fig, axes = plt.subplots(1, 1 if none_dead else 2, figsize=(5.5 if none_dead else 11, 3.8), squeeze=False)
+    axes = list(axes[0])
+    written: list[Output] = []
+    if none_dead:
+        written.append(Note("Figure 1a", "No dead neurons in any layer of any model."))
+    else:
+        _per_model_lines(axes[0], records, "dead", "fig1a", "dead_percent", "dead neurons (%)")
+        axes[0].set_title("Figure 1a: dead neurons")
+    _per_model_lines(axes[-1], records, "dead", "fig1b", "mean_freq_alive", "mean frequency of alive neurons")
+    axes[-1].set_title("Figure 1b: activation frequency")
+    written.append(save(fig, plots / "fig1_dead.png"))
     fig, axes = plt.subplots(1, len(records), figsize=(5.5 * len(records), 3.8), squeeze=False)
     for ax, record in zip(axes[0], records):
         sweep = record["figures"]["dead"]["sweep"]
         for tau, column in zip(sweep["tau"], np.asarray(sweep["dead_percent"]).T):
             ax.plot(sweep["layers"], column, marker=".", label=f"τ = {tau}")
-        ax.set(title=f"{_model_label(record)}: τ sweep", xlabel="layer", ylabel="dead neurons (%)")
+        ax.set(title=f"{_model_label(record)}: τ sweep", ylabel="dead neurons (%)")
+        layer_axis(ax)
         ax.legend(fontsize=7)
     written.append(save(fig, plots / "dead_tau_sweep.png"))
     return written
@@ -177,11 +220,12 @@ def _dashed_lines(ax: plt.Axes, records: list[dict], part: str, field: str, suff
 
 
 @figure("ngram")
-def ngram_figures(records: list[dict], plots: Path) -> list[Path]:
+def ngram_figures(records: list[dict], plots: Path) -> list[Output]:
     """Figure 2 per model (alive neurons per layer binned by unigram count, stacked), and overlaid
     across models 3a (token-detecting neurons per layer), 3b (tokens covered per layer and
-    cumulatively) and 4 (tokens new against all earlier layers and against the previous one)."""
-    written = []
+    cumulatively) and 4 (tokens new against all earlier layers and against the previous one); a
+    sentence instead of 3 and 4 when no model has a token-detecting neuron."""
+    written: list[Output] = []
     for record in records:
         data = record["figures"]["ngram"]["fig2"]
         counts = np.asarray(data["counts"], dtype=float)
@@ -190,9 +234,12 @@ def ngram_figures(records: list[dict], plots: Path) -> list[Path]:
         for column, name in zip(counts.T, data["bins"]):
             ax.bar(data["layers"], column, bottom=bottom, label=name)
             bottom += column
-        ax.set(title=f"Figure 2: {_model_label(record)}", xlabel="layer", ylabel="alive neurons")
+        ax.set(title=f"Figure 2: {_model_label(record)}", ylabel="alive neurons")
+        layer_axis(ax)
         ax.legend(title="unigrams", fontsize=7, ncols=2)
         written.append(save(fig, plots / f"fig2_unigram_bins_{_model_label(record)}.png"))
+    if found_nothing(*(r["figures"]["ngram"]["fig3a"]["token_detecting"] for r in records)):
+        return [*written, Note("Figures 3 and 4", "No token-detecting neurons in any layer of any model.")]
     fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
     _per_model_lines(axes[0], records, "ngram", "fig3a", "token_detecting", "token-detecting neurons")
     axes[0].set_title("Figure 3a")

@@ -41,3 +41,8 @@ def parse_act_name(name: str) -> tuple[int, str]:
     if prefix != "blocks":
         raise ValueError(f"not an activation name: {name!r}")
     return int(layer), kind
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a model name (``org/model`` → ``org--model``)."""
+    return name.strip("/").replace("/", "--").replace("\\", "--").replace(":", "-")

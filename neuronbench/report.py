@@ -1,60 +1,86 @@
-"""The Markdown report: the run's configuration, one table per analysis (via tabulate), the
-figures embedded, and the failures. Written atomically to ``<out>/report.md``."""
+"""The report of a run, rendered from its ``results.json`` payload alone (so that
+``python -m neuronbench report DIR`` rebuilds it byte for byte): findings first (one row per
+model), the models, one narrow section per analysis with its figures, the failures, and the
+configuration and versions last. The same blocks (:mod:`neuronbench.document`) are written as
+``report.md`` and as the self-contained ``report.html`` (:mod:`neuronbench.html`), which also
+holds every neuron page (:mod:`neuronbench.neuron_pages`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from tabulate import tabulate
-
-from neuronbench.figures import render_figures
+from neuronbench.document import Block, Heading, Image, Paragraph, Table, narrow_blocks, to_markdown
+from neuronbench.figures import Note, Output, render_figures
+from neuronbench.findings import analysis_blocks, by_model, findings_blocks
+from neuronbench.html import page_html
+from neuronbench.neuron_pages import index_blocks, pages_of
 from neuronbench.storage import write_text_atomic
 
 
-def _metric_columns(records: list[dict]) -> list[str]:
-    columns: dict[str, None] = {}
+def figure_blocks(outputs: Sequence[Output], out: Path) -> list[Block]:
+    return [Paragraph(f"{o.title}: {o.text}") if isinstance(o, Note)
+            else Image(o.stem, o.relative_to(out).as_posix(), str(o)) for o in outputs]
+
+
+def figures_by_analysis(records: Sequence[dict], figures: dict[str, list[Output]]) -> dict[str, list[str]]:
+    """analysis → the figure names its records carry."""
+    chosen: dict[str, list[str]] = {}
     for record in records:
-        for key, value in record["metrics"].items():
-            if isinstance(value, (int, float)):
-                columns.setdefault(key)
-    return list(columns)
+        for name in record.get("figures") or {}:
+            if name in figures and name not in chosen.setdefault(record["analysis"], []):
+                chosen[record["analysis"]].append(name)
+    return chosen
 
 
-def analysis_table(records: list[dict]) -> str:
-    """One row per record of an analysis: model, type, mode, method, layer and its numbers."""
-    columns = _metric_columns(records)
-    rows = [[r["model"], r.get("neuron_type") or "", r.get("mode") or "", r["method"],
-             "" if r.get("layer") is None else r["layer"], *(r["metrics"].get(c, "") for c in columns)]
-            for r in records]
-    return tabulate(rows, headers=["model", "type", "mode", "method", "layer", *columns],
-                    tablefmt="github", floatfmt=".4g")
+def models_blocks(records: Sequence[dict]) -> list[Block]:
+    rows = [[m, rs[0]["model_type"], rs[0]["num_parameters"], rs[0].get("revision") or rs[0].get("weights_sha256", "")[:16],
+             rs[0]["dataset"], rs[0]["analysis_split_sha256"][:16]] for m, rs in by_model(records).items()]
+    return narrow_blocks(["model", "type", "parameters", "revision / weights sha256", "dataset", "analysis split sha256"],
+                         rows, same_for="every model")
 
 
-def report_markdown(payload: dict, figures: list[Path], out: Path) -> str:
+def configuration_blocks(payload: dict) -> list[Block]:
+    return [Heading("Configuration"), Table(["option", "value"], sorted(payload["config"].items())),
+            Paragraph("Versions: " + ", ".join(f"{k} {v}" for k, v in payload["versions"].items()) + ".")]
+
+
+def report_blocks(payload: dict, figures: dict[str, list[Output]], out: Path,
+                  extra: Sequence[Block] = ()) -> list[Block]:
+    """The whole report as blocks; ``extra`` (the neuron pages' index) goes after the analyses."""
     records = payload["records"]
-    lines = ["# neuronbench report", "", f"Run started {payload['started']}.", ""]
-    lines += ["## Configuration", "", tabulate(sorted(payload["config"].items()), headers=["option", "value"],
-                                               tablefmt="github"), ""]
-    lines += ["## Models", ""]
-    models = {r["model"]: r for r in records}
-    lines.append(tabulate([[m, r["model_type"], r["num_parameters"], r.get("revision") or r.get("weights_sha256"),
-                            r["dataset"], r["analysis_split_sha256"][:16]] for m, r in models.items()],
-                          headers=["model", "type", "parameters", "revision / weights sha256", "dataset",
-                                   "analysis split sha256"], tablefmt="github"))
-    lines.append("")
-    for analysis in dict.fromkeys(r["analysis"] for r in records):
-        lines += [f"## {analysis}", "", analysis_table([r for r in records if r["analysis"] == analysis]), ""]
-    if figures:
-        lines += ["## Figures", ""]
-        lines += [f"![{path.stem}]({path.relative_to(out).as_posix()})\n" for path in figures]
+    blocks: list[Block] = [Heading("neuronbench report", 1), Paragraph(f"Run started {payload['started']}.")]
+    blocks += [Heading("Findings", anchor="findings"), *findings_blocks(records)]
+    blocks += [Heading("Models"), *models_blocks(records)]
+    shown = {analysis: [b for name in names for b in figure_blocks(figures[name], out)]
+             for analysis, names in figures_by_analysis(records, figures).items()}
+    blocks += [*analysis_blocks(records, shown), *extra]
     if payload["failures"]:
-        lines += ["## Failures", ""]
-        lines += [f"- `{f['case']}` ({f['when']}): {' '.join(f['message'])}" for f in payload["failures"]]
-    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in payload["versions"].items()), ""]
-    return "\n".join(lines)
+        blocks += [Heading("Failures"), Table(["case", "when", "message"],
+                                              [[f["case"], f["when"], " ".join(f["message"])]
+                                               for f in payload["failures"]])]
+    return blocks + configuration_blocks(payload)
 
 
 def write_report(out: Path, payload: dict) -> Path:
-    """Render the figures into ``<out>/plots`` and write ``<out>/report.md``."""
-    figures = render_figures(payload["records"], out / "plots")
-    return write_text_atomic(out / "report.md", report_markdown(payload, figures, out))
+    """Render the figures into ``<out>/plots``; write the neuron pages under ``<out>/neurons``,
+    ``<out>/report.md`` and ``<out>/report.html`` (the report and every page in one file)."""
+    records = payload["records"]
+    figures = render_figures(records, out / "plots")
+    pages = pages_of(records, out)
+    for path, page in pages.items():
+        write_text_atomic(out / path, to_markdown(page))
+    blocks = report_blocks(payload, figures, out, index_blocks(records))
+    write_text_atomic(out / "report.html", page_html("neuronbench report", blocks, html_pages(pages, out)))
+    return write_text_atomic(out / "report.md", to_markdown(blocks))
+
+
+def html_pages(pages: dict[str, list[Block]], out: Path) -> dict[str, list[Block]]:
+    """The neuron pages for the HTML view: image paths relative to the run directory."""
+    def moved(block: Block, path: str) -> Block:
+        if isinstance(block, Image):
+            return Image(block.title, str(Path(path).parent / block.path), block.file)
+        return block
+
+    return {path: [moved(b, path) for b in blocks] for path, blocks in pages.items()}

@@ -4,7 +4,8 @@
 * ``neurons.json``: analysis → model → layer → sorted neuron indices (from the records).
 * ``stats/<model>.npz``: the per-layer arrays the cases recorded (``layer{l}/{name}``), merged
   from the per-case parts under ``.parts/``.
-* ``plots/*.png`` and ``report.md``: see :mod:`neuronbench.figures` and :mod:`neuronbench.report`.
+* ``plots/*.png``, ``report.md``, ``report.html`` and ``neurons/<model>/L<l>N<i>.md``: see
+  :mod:`neuronbench.figures`, :mod:`neuronbench.report` and :mod:`neuronbench.neuron_pages`.
 """
 
 from __future__ import annotations

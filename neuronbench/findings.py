@@ -1,0 +1,265 @@
+"""What the report says, computed from the run's records (``results.json``): the findings table
+(one row per model) and one long-format section per analysis.
+
+The findings table is a registry (:data:`FINDINGS`): one :class:`Finding` per column, each a
+header and a function of one model's records. Counts come with the count the same detector finds
+on its null where a record carries one (the first of :data:`NULL_METRICS` present), ``—``
+otherwise. Every ablation condition adds a column: the relative perplexity change ``Δppl =
+ppl/baseline − 1`` and ``z = (ppl − mean_control)/std_control`` against its random control,
+marked by :func:`significance`. Sections are narrow: per-layer metrics (``layer{l}`` or
+``layer{l}:{name}``) become rows, breakdowns (``type:{t}``, ``overlap[{pair}]``) become rows,
+and every column that is the same in all rows is dropped and named in a sentence instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from neuronbench.document import MISSING, Block, Heading, Paragraph, fmt, narrow_blocks
+
+NULL_METRICS = ("null_count", "null_expected")
+"""Metric keys under which a detector's record gives its null count (first present wins)."""
+
+SIGNIFICANCE = ((3.0, "**"), (2.0, "*"))
+"""``|z| ≥ 3`` → ``**``, ``|z| ≥ 2`` → ``*``: a reading aid against the random controls (few
+seeds: not a calibrated test)."""
+
+LAYER_KEY = re.compile(r"^layer(\d+)(?::(.+))?$")
+BREAKDOWN_KEY = re.compile(r"^(.+?)(?::|\[)(.+?)\]?$")
+
+
+def by_model(records: Sequence[dict]) -> dict[str, list[dict]]:
+    models: dict[str, list[dict]] = {}
+    for record in records:
+        models.setdefault(record["model"], []).append(record)
+    return models
+
+
+def pick(records: Sequence[dict], analysis: str, method: str | None = None,
+         neuron_type: str | None = None) -> dict | None:
+    """The first record of ``analysis`` (with that method / neuron type), or ``None``."""
+    for record in records:
+        if record["analysis"] == analysis and (method is None or record["method"] == method) \
+                and (neuron_type is None or record.get("neuron_type") == neuron_type):
+            return record
+    return None
+
+
+def number(value: object) -> float:
+    """A metric as a float (JSON writes non-finite floats as ``"inf"``/``"nan"``)."""
+    return float(value)
+
+
+def with_null(record: dict | None, text: str) -> str:
+    """``"<count> (null <n>)"``; ``—`` for the null when the record carries none."""
+    if record is None:
+        return MISSING
+    null = next((record["metrics"][k] for k in NULL_METRICS if k in record["metrics"]), None)
+    return f"{text} (null {fmt(null)})"
+
+
+def count_of(record: dict | None) -> str:
+    return MISSING if record is None else fmt(record["metrics"]["count"])
+
+
+def significance(z: float) -> str:
+    return next((mark for bound, mark in SIGNIFICANCE if math.isfinite(z) and abs(z) >= bound), "")
+
+
+def ablation_cell(record: dict | None) -> str:
+    """``+0.56 % (z 1.2)`` with its significance mark; ``—`` when nothing was ablated."""
+    if record is None or record["metrics"]["n_neurons"] == 0:
+        return MISSING
+    metrics = record["metrics"]
+    z = number(metrics["z"])
+    return f"{100 * number(metrics['ppl_delta_rel']):+.3g} % (z {fmt(z)}{significance(z)})"
+
+
+@dataclass(frozen=True)
+class Finding:
+    header: str
+    value: Callable[[list[dict]], object]
+
+
+def _parameters(records: list[dict]) -> object:
+    return records[0].get("num_parameters")
+
+
+def _tokens(records: list[dict]) -> object:
+    record = pick(records, "statistics") or pick(records, "dead")
+    return None if record is None else record["tokens"]
+
+
+def _dead_percent(records: list[dict]) -> str:
+    record = pick(records, "dead", neuron_type="dead")
+    return MISSING if record is None else f"{fmt(float(record['metrics']['percent']))} %"
+
+
+def _positional(records: list[dict]) -> str:
+    record = pick(records, "positional", method="mi")
+    return with_null(record, count_of(record))
+
+
+def _token_detecting(records: list[dict]) -> str:
+    record = pick(records, "ngram", neuron_type="token")
+    if record is None:
+        return MISSING
+    return with_null(record, f"{count_of(record)} ({fmt(record['metrics'].get('tokens_covered'))} tokens)")
+
+
+def _sensitive(records: list[dict]) -> str:
+    record = pick(records, "delta")
+    return MISSING if record is None else with_null(record, f"{count_of(record)} ({record['method']})")
+
+
+def _attention(records: list[dict]) -> str:
+    record = pick(records, "attention", method="attention_weighted")
+    if record is None:
+        return MISSING
+    found = sum(len(v) for v in record.get("neurons", {}).values())
+    return f"{found} of {fmt(record['metrics']['n_units'])} {record.get('neuron_type') or 'unit'}s"
+
+
+FINDINGS: tuple[Finding, ...] = (
+    Finding("parameters", _parameters),
+    Finding("tokens analysed", _tokens),
+    Finding("dead", _dead_percent),
+    Finding("positional (MI)", _positional),
+    Finding("token-detecting (tokens covered)", _token_detecting),
+    Finding("Δ-sensitive", _sensitive),
+    Finding("attention (top by attention_weighted)", _attention),
+)
+"""The findings table's columns after ``model``; ablation columns follow (:func:`ablation_findings`)."""
+
+
+def ablation_findings(records: Sequence[dict]) -> list[Finding]:
+    """One column per ablation condition: its modes' cells joined by `` / `` in mode order."""
+    conditions = list(dict.fromkeys(r["neuron_type"] for r in records if r["analysis"] == "ablation"))
+    modes = list(dict.fromkeys(r["mode"] for r in records if r["analysis"] == "ablation"))
+
+    def column(condition: str) -> Finding:
+        return Finding(f"Δppl {condition} ({' / '.join(modes)})",
+                       lambda rs: " / ".join(ablation_cell(pick(rs, "ablation", method=f"{m}-ablation",
+                                                                neuron_type=condition)) for m in modes))
+
+    return [column(condition) for condition in conditions]
+
+
+def findings_blocks(records: Sequence[dict], link: Callable[[str], object] = str) -> list[Block]:
+    """The findings table (one row per model) and the sentence naming its constant columns."""
+    columns = [*FINDINGS, *ablation_findings(records)]
+    rows = [[link(model), *(c.value(rs) for c in columns)] for model, rs in by_model(records).items()]
+    legend = Paragraph("Counts are over all analysed layers, with the count the detector finds on its null "
+                       f"({MISSING}: no null recorded). Δppl: relative change of test perplexity against the "
+                       "unablated model; z against the random control of the same size (* |z| ≥ 2, ** |z| ≥ 3); "
+                       f"{MISSING}: nothing to ablate.")
+    return [*narrow_blocks(["model", *(c.header for c in columns)], rows, same_for="every model"), legend]
+
+
+# -- per-analysis sections ---------------------------------------------------------------------
+LABELS = ("method", "neuron_type", "mode")
+
+
+def label(record: dict, varying: Sequence[str]) -> str:
+    """A record's name within its analysis: its method / type / mode, those that vary."""
+    return " ".join(str(record.get(k)) for k in varying) or record["method"]
+
+
+def varying_labels(records: Sequence[dict]) -> list[str]:
+    return [k for k in LABELS if len({r.get(k) for r in records}) > 1]
+
+
+def split_metrics(metrics: dict) -> tuple[dict, dict, dict]:
+    """``(scalars, per_layer {(layer, name | None): v}, breakdown {(group, name): v})`` of the
+    numeric metrics (lists, dicts and strings stay in ``results.json``)."""
+    scalars, per_layer, breakdown = {}, {}, {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if match := LAYER_KEY.match(key):
+            per_layer[(int(match[1]), match[2])] = value
+        elif match := BREAKDOWN_KEY.match(key):
+            breakdown[(match[1], match[2])] = value
+        else:
+            scalars[key] = value
+    return scalars, per_layer, breakdown
+
+
+def scalar_blocks(records: Sequence[dict], columns: Sequence[str] | None = None) -> list[Block]:
+    """One row per record: model, its label, its scalar metrics (``columns`` or all)."""
+    varying = varying_labels(records)
+    parts = [split_metrics(r["metrics"])[0] for r in records]
+    names = list(columns or dict.fromkeys(k for p in parts for k in p))
+    if not names:
+        return []
+    rows = [[r["model"], label(r, varying), *(p.get(n) for n in names)] for r, p in zip(records, parts)]
+    return narrow_blocks(["model", "case", *names], rows, keep=2)
+
+
+def per_layer_blocks(records: Sequence[dict]) -> list[Block]:
+    """Rows ``(model, layer)``, one column per record label or per-layer metric name."""
+    varying = varying_labels(records)
+    table: dict[tuple[str, int], dict[str, object]] = {}
+    for record in records:
+        for (layer, name), value in split_metrics(record["metrics"])[1].items():
+            column = name if name is not None else label(record, varying)
+            if name is not None and varying:
+                column = f"{label(record, varying)}: {name}"
+            table.setdefault((record["model"], layer), {})[column] = value
+    columns = list(dict.fromkeys(c for row in table.values() for c in row))
+    rows = [[model, layer, *(values.get(c) for c in columns)] for (model, layer), values in sorted(table.items())]
+    if rows and len(columns) and all(len({str(r[i]) for r in rows}) == 1 for i in range(2, len(columns) + 2)):
+        return [Paragraph(f"Per layer: {'; '.join(f'{c} {fmt(rows[0][i + 2])}' for i, c in enumerate(columns))} "
+                          "in every layer of every model.")]
+    return narrow_blocks(["model", "layer", *columns], rows, keep=2, same_for="every layer")
+
+
+def breakdown_blocks(records: Sequence[dict]) -> list[Block]:
+    """Long format: rows ``(model, case, group, name)`` and the value."""
+    varying = varying_labels(records)
+    rows = [[r["model"], label(r, varying), group, name, value] for r in records
+            for (group, name), value in split_metrics(r["metrics"])[2].items()]
+    return narrow_blocks(["model", "case", "group", "name", "value"], rows, keep=4)
+
+
+def ablation_blocks(records: Sequence[dict]) -> list[Block]:
+    """Rows ``(model, condition, mode)``: units ablated, perplexity, Δppl, control, z."""
+    rows = []
+    for r in records:
+        m = r["metrics"]
+        z = number(m["z"])
+        rows.append([r["model"], r["neuron_type"], r["mode"], m["n_neurons"], m["ppl"],
+                     f"{100 * number(m['ppl_delta_rel']):+.3g} %",
+                     f"{fmt(m['control_ppl_mean'])} ± {fmt(m['control_ppl_std'])}", f"{fmt(z)}{significance(z)}"])
+    return narrow_blocks(["model", "condition", "mode", "units", "ppl", "Δppl", "random control ppl", "z"], rows,
+                         keep=3)
+
+
+def generic_blocks(records: Sequence[dict]) -> list[Block]:
+    return [*scalar_blocks(records), *per_layer_blocks(records), *breakdown_blocks(records)]
+
+
+SECTION_COLUMNS = {
+    "perplexity": ("ppl", "word_perplexity", "bits_per_byte", "tokens_scored", "window", "stride"),
+}
+"""Analyses whose scalar table shows only these metrics (the rest stays in ``results.json``)."""
+
+SECTIONS: dict[str, Callable[[Sequence[dict]], list[Block]]] = {
+    "ablation": ablation_blocks,
+    "perplexity": lambda records: scalar_blocks(records, SECTION_COLUMNS["perplexity"]),
+}
+"""Analyses with their own section layout; every other analysis gets :func:`generic_blocks`."""
+
+
+def analysis_blocks(records: Sequence[dict], extras: dict[str, list[Block]] | None = None) -> list[Block]:
+    """One section per analysis, in the order the cases ran; ``extras[analysis]`` (its figures)
+    closes its section."""
+    blocks: list[Block] = []
+    for analysis in dict.fromkeys(r["analysis"] for r in records):
+        chosen = [r for r in records if r["analysis"] == analysis]
+        blocks += [Heading(analysis, 2, anchor=f"analysis-{analysis}"),
+                   *SECTIONS.get(analysis, generic_blocks)(chosen), *(extras or {}).get(analysis, [])]
+    return blocks

@@ -1,0 +1,101 @@
+"""The report's building blocks on hand-made records whose findings are known: rounding, constant
+columns dropped into a sentence, the findings table (one row per model, nulls, Δppl with z and its
+mark), long-format sections, and the figure helpers (integer layer ticks, a sentence for nothing)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+
+from neuronbench.document import Link, Paragraph, Table, fmt, narrow, to_markdown
+from neuronbench.figures import FIGURES, Note, found_nothing, layer_axis
+from neuronbench.findings import analysis_blocks, findings_blocks, significance
+from neuronbench.html import anchor, page_html
+
+
+def record(model: str, analysis: str, method: str, metrics: dict, **extra) -> dict:
+    return {"model": model, "analysis": analysis, "method": method, "neuron_type": extra.pop("neuron_type", None),
+            "mode": extra.pop("mode", None), "metrics": metrics, "tokens": 1000, "num_parameters": 10 ** 6,
+            **extra}
+
+
+def ablation(model: str, condition: str, mode: str, rel: float, z: object, n: int = 4) -> dict:
+    return record(model, "ablation", f"{mode}-ablation",
+                  {"n_neurons": n, "ppl": 100 * (1 + rel), "baseline_ppl": 100.0, "ppl_delta_rel": rel,
+                   "control_ppl_mean": 100.0, "control_ppl_std": 1.0, "z": z}, neuron_type=condition, mode=mode)
+
+
+RECORDS = [
+    record("a", "dead", "freq<=eps", {"count": 3, "percent": 1.5, "layer0": 1, "layer1": 2}, neuron_type="dead"),
+    record("b", "dead", "freq<=eps", {"count": 0, "percent": 0.0, "layer0": 0, "layer1": 0}, neuron_type="dead"),
+    record("a", "positional", "mi", {"count": 7, "null_count": 0.5, "layer0": 7, "layer1": 0},
+           neuron_type="positional"),
+    record("b", "positional", "mi", {"count": 7, "layer0": 3, "layer1": 4}, neuron_type="positional"),
+    ablation("a", "pruning", "zero", 0.1234, 4.2),
+    ablation("a", "pruning", "mean", 0.01, "-inf"),
+    ablation("b", "pruning", "zero", -0.002, 0.3),
+    ablation("b", "pruning", "mean", 0.0, "nan", n=0),
+]
+
+
+def test_numbers_are_rounded_for_reading():
+    assert [fmt(v) for v in (1071872, 0.664736660723803, 110.45475890736712, 1e-7, 3.0, None, float("inf"))] == \
+        ["1,071,872", "0.665", "110", "1e-07", "3", "—", "inf"]
+
+
+def test_constant_columns_are_dropped_and_named_only_across_several_rows():
+    table, dropped = narrow(["model", "x", "y"], [["a", 1, 2], ["b", 1, 3]])
+    assert table.headers == ["model", "y"] and dropped == ["x 1"]
+    single, none = narrow(["model", "x"], [["a", 1]])
+    assert single.headers == ["model", "x"] and none == []
+
+
+def test_findings_table_one_row_per_model_with_nulls_and_marked_z():
+    table, *notes = findings_blocks(RECORDS)
+    assert isinstance(table, Table) and [row[0] for row in table.rows] == ["a", "b"]
+    columns = dict(zip(table.headers, zip(*table.rows)))
+    assert columns["dead"] == ("1.5 %", "0 %")
+    assert columns["positional (MI)"] == ("7 (null 0.5)", "7 (null —)")
+    assert columns["Δppl pruning (zero / mean)"] == ("+12.3 % (z 4.2**) / +1 % (z -inf)", "-0.2 % (z 0.3) / —")
+    assert "parameters" not in table.headers  # the same for both models: named in the sentence instead
+    assert any(isinstance(n, Paragraph) and "parameters 1,000,000" in n.text for n in notes)
+    assert significance(2.5) == "*" and significance(-3.1) == "**" and significance(float("nan")) == ""
+
+
+def test_sections_are_long_format_with_layers_as_rows():
+    blocks = analysis_blocks([r for r in RECORDS if r["analysis"] == "positional"])
+    per_layer = [b for b in blocks if isinstance(b, Table) and "layer" in b.headers][0]
+    assert per_layer.headers == ["model", "layer", "mi"]
+    assert per_layer.rows == [["a", 0, 7], ["a", 1, 0], ["b", 0, 3], ["b", 1, 4]]
+    ablations = [b for b in analysis_blocks(RECORDS) if isinstance(b, Table) and "condition" in b.headers]
+    assert ablations and len(ablations[0].headers) <= 8
+
+
+def test_markdown_and_html_come_from_the_same_blocks():
+    blocks = [Table(["neuron"], [[Link("L0N3", "neurons/m/L0N3.md")]])]
+    assert "[L0N3](neurons/m/L0N3.md)" in to_markdown(blocks)
+    html = page_html("t", blocks, {"neurons/m/L0N3.md": [Paragraph("page")]})
+    assert f'href="#{anchor("neurons/m/L0N3.md")}"' in html and f'id="{anchor("neurons/m/L0N3.md")}"' in html
+
+
+def test_layer_axes_have_integer_ticks():
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2, 3], [1, 2, 3, 4])
+    layer_axis(ax)
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 3]
+    plt.close(fig)
+    assert ticks and all(float(t).is_integer() for t in ticks) and ax.get_xlabel() == "layer"
+
+
+@pytest.mark.parametrize("series, nothing", [([[0, 0], [0.0, None]], True), ([[0, 0.5]], False)])
+def test_found_nothing(series, nothing):
+    assert found_nothing(*series) is nothing
+
+
+def test_an_analysis_that_finds_nothing_gets_a_sentence_not_an_empty_plot(tmp_path):
+    empty = [r for r in RECORDS if r["analysis"] == "ablation" and r["metrics"]["n_neurons"] == 0]
+    for r in empty:
+        r.setdefault("figures", {})["ablation"] = {"condition": r["neuron_type"]}
+    (note,) = FIGURES["ablation"](empty, tmp_path)
+    assert isinstance(note, Note) and "pruning" in note.text and not list(tmp_path.iterdir())
