@@ -37,7 +37,9 @@ class Heading:
 
 @dataclass(frozen=True)
 class Paragraph:
-    text: str
+    """Text; a tuple mixes plain strings and :class:`Link` s."""
+
+    text: str | tuple[str | Link, ...]
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,8 @@ def to_markdown(blocks: Sequence[Block]) -> str:
         if isinstance(block, Heading):
             out.append("#" * block.level + " " + block.text)
         elif isinstance(block, Paragraph):
-            out.append(block.text)
+            parts = (block.text,) if isinstance(block.text, str) else block.text
+            out.append("".join(f"[{p.text}]({p.target})" if isinstance(p, Link) else p for p in parts))
         elif isinstance(block, Table):
             out.append(tabulate([[_md_cell(v) for v in row] for row in block.rows], headers=list(block.headers),
                                 tablefmt="github", disable_numparse=True))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from neuronbench.document import MISSING, Block, Heading, Paragraph, fmt, narrow_blocks
 
-NULL_METRICS = ("null_count", "null_expected")
+NULL_METRICS = ("null_count",)
 """Metric keys under which a detector's record gives its null count (first present wins)."""
 
 SIGNIFICANCE = ((3.0, "**"), (2.0, "*"))

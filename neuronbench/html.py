@@ -79,9 +79,14 @@ def _heading(heading: Heading) -> str:
     return f"<h{level}{ident}>{html.escape(heading.text)}</h{level}>"
 
 
+def _paragraph(paragraph: Paragraph) -> str:
+    parts = (paragraph.text,) if isinstance(paragraph.text, str) else paragraph.text
+    return "<p>" + "".join(_cell(p) for p in parts) + "</p>"
+
+
 RENDERERS = {
     Heading: _heading,
-    Paragraph: lambda p: f"<p>{html.escape(p.text)}</p>",
+    Paragraph: _paragraph,
     Table: _table,
     Image: _image,
     Contexts: _contexts,

@@ -44,7 +44,8 @@ def page_blocks(model: str, page: dict, out: Path) -> list[Block]:
     """The blocks of one neuron page (figure written under ``out``)."""
     layer, neuron = page["layer"], page["neuron"]
     relative = page_path(model, layer, neuron)
-    blocks: list[Block] = [Heading(f"{model}: layer {layer}, neuron {neuron}", 1, anchor=None)]
+    blocks: list[Block] = [Heading(f"{model}: layer {layer}, neuron {neuron}", 1),
+                           Paragraph(("Back to the ", Link("report", "../../report.md"), "."))]
     rows = [[source, score["score"], score["value"], _reason(page, source)] for source, score in page["scores"].items()]
     blocks += [Table(["detector", "score", "value", "page because"], rows),
                Paragraph(f"Activation frequency {fmt(page['freq'])}, mean activation {fmt(page['mean'])}, "

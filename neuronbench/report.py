@@ -50,7 +50,7 @@ def report_blocks(payload: dict, figures: dict[str, list[Output]], out: Path,
                   extra: Sequence[Block] = ()) -> list[Block]:
     """The whole report as blocks; ``extra`` (the neuron pages' index) goes after the analyses."""
     records = payload["records"]
-    blocks: list[Block] = [Heading("neuronbench report", 1), Paragraph(f"Run started {payload['started']}.")]
+    blocks: list[Block] = [Heading("neuronbench report", 1, anchor="report"), Paragraph(f"Run started {payload['started']}.")]
     blocks += [Heading("Findings", anchor="findings"), *findings_blocks(records)]
     blocks += [Heading("Models"), *models_blocks(records)]
     shown = {analysis: [b for name in names for b in figure_blocks(figures[name], out)]

@@ -111,6 +111,8 @@ def test_report_html_renders_in_chromium_without_console_errors(runs, browser, t
     assert dom.console == [], dom.console
     assert "<h2 id=\"findings\">Findings</h2>" in dom.output and '<section class="neuron"' in dom.output
     assert re.search(r'<span class="tok marked" style="background:rgba', dom.output)
+    ids = set(re.findall(r' id="([^"]+)"', dom.output))
+    assert {"findings", "report"} <= ids and set(re.findall(r'href="#([^"]+)"', dom.output)) <= ids
     shot = screenshot(html, tmp_path / "findings.png")
     page = neuron_page_file(html, first_neuron_page(html), tmp_path / "page.html")
     page_shot = screenshot(page, tmp_path / "page.png")
