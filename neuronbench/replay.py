@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from tabulate import tabulate
 
 from neuronbench.document import fmt
-from neuronbench.errors import ConfigError, NeuronbenchError
+from neuronbench.errors import ConfigError
 from neuronbench.findings import split_metrics
 from neuronbench.report import write_report
 from neuronbench.storage import write_text_atomic
@@ -42,19 +40,6 @@ def load_run(directory: str | Path) -> dict:
         raise ConfigError(f"{path} is not valid JSON ({error}); was the run interrupted while writing it?") from error
 
 
-def _reporting_errors(command: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
-    """Bad input ends the command with its message on stderr and exit code 2."""
-    def run(argv: list[str]) -> int:
-        try:
-            return command(argv)
-        except NeuronbenchError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-
-    return run
-
-
-@_reporting_errors
 def report_command(argv: list[str]) -> int:
     args = argparse.ArgumentParser(prog="python -m neuronbench report",
                                    description="Rebuild the report of a finished run.")
@@ -128,7 +113,6 @@ def compare_markdown(a_name: str, b_name: str, a: dict, b: dict) -> str:
     return text + f"{len(rows)} metrics differ.\n\n{table}\n"
 
 
-@_reporting_errors
 def compare_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m neuronbench compare",
                                      description="The differences between two finished runs.")

@@ -57,8 +57,8 @@ def report_blocks(payload: dict, figures: dict[str, list[Output]], out: Path,
              for analysis, names in figures_by_analysis(records, figures).items()}
     blocks += [*analysis_blocks(records, shown), *extra]
     if payload["failures"]:
-        blocks += [Heading("Failures"), Table(["case", "when", "message"],
-                                              [[f["case"], f["when"], " ".join(f["message"])]
+        blocks += [Heading("Failures"), Table(["case", "when", "message", "raised at"],
+                                              [[f["case"], f["when"], " ".join(f["message"]), f.get("location")]
                                                for f in payload["failures"]])]
     return blocks + configuration_blocks(payload)
 
