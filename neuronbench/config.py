@@ -41,6 +41,7 @@ class RunConfig:
     dtype: str = "auto"
     seeds: int = 5
     attention_windows: int = 4
+    attention_scope: str = "layer"
     top_k: int = 10
     pruning_ratio: float = 0.1
     top_contexts: int = 20
@@ -198,6 +199,8 @@ OPTIONS: tuple[Option, ...] = (
            check=integer(1)),
     Option("--attention-windows", "attention_windows", int, "analysis windows scored for attention units (default 4)",
            check=integer(1)),
+    Option("--attention-scope", "attention_scope", str, "top-k attention units per 'layer' (default) or 'global' "
+           "(on scores divided by their layer's mean)", check=choice("layer", "global")),
     Option("--pruning-ratio", "pruning_ratio", float, "fraction of neurons the pruning condition removes (default 0.1)",
            check=real(0.0, 1.0, open_low=True, open_high=True)),
     Option("--top-contexts", "top_contexts", int, "top-activating contexts kept per neuron for neuron pages (default 20)",

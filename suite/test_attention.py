@@ -26,23 +26,24 @@ def test_attention_units(workspace, record, method):
     by_layer = scores.measure(method)
     for layer, values in by_layer.items():
         assert np.isfinite(values).all(), f"layer {layer}: non-finite {method} scores"
-    top = scores.top_k(method, workspace.config.top_k)
+    top = scores.top_k(method, workspace.config.top_k, workspace.config.attention_scope)
     chosen: dict[int, list[int]] = {}
     for unit in top:
         chosen.setdefault(unit.layer, []).append(unit.index)
     record(workspace, analysis="attention", method=method, neuron_type=scores.unit,
-           metrics={"n_units": sum(v.size for v in by_layer.values()), "top_score": top[0].score,
+           metrics={"n_units": sum(v.size for v in by_layer.values()), "top_score": max(unit.score for unit in top),
                     "mean_score": float(np.mean(np.concatenate(list(by_layer.values())))),
                     "n_tokens": scores.n_tokens},
-           thresholds={"top_k": workspace.config.top_k, "rollout_mass": scores.rollout_mass},
+           thresholds={"top_k": workspace.config.top_k, "scope": workspace.config.attention_scope,
+                       "rollout_mass": scores.rollout_mass},
            neurons=chosen, tokens=scores.n_tokens,
            arrays={f"layer{layer}/attention_{method}": values for layer, values in by_layer.items()})
 
 
 def test_attention_summary(workspace, record):
     scores = workspace.attention_scores
-    summary = diversity_summary(scores, workspace.config.top_k)
-    best = scores.top_k("attention_weighted", 1)[0]
+    summary = diversity_summary(scores, workspace.config.top_k, workspace.config.attention_scope)
+    best = scores.top_k("attention_weighted", 1, "global")[0]
     input_ids = workspace.attention_windows.input_ids[0, :HEATMAP_TOKENS]
     heatmap = attention_heatmaps(workspace.loaded.model, workspace.loaded.adapter, input_ids,
                                  {best.layer: [best.index]})[(best.layer, best.index)]

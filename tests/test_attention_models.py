@@ -19,10 +19,10 @@ from neuronbench.attention.scores import row_normalized
 from neuronbench.attention.heads import TransformerHeads
 from neuronbench.attention.hidden import block_bytes, plan_chunks
 from neuronbench.data import TokenWindows
-from neuronbench.errors import AnalysisUnavailableError, ConfigError
+from neuronbench.errors import AnalysisUnavailableError, CaptureError, ConfigError
 from neuronbench.models import load_model, resolve_model
 from neuronbench.names import ATTN_HEADS, act_name
-from test_attention_hidden import scan
+from test_attention_hidden import naive_alpha, scan
 
 
 
@@ -130,59 +130,150 @@ def test_gpt2_head_attention_is_the_models_output_attentions(toy_model_dir):
             assert torch.equal(block.alpha, reference[layer][row, :, :length, :length])
 
 
-def brute_force_head_scores(loaded, windows: TokenWindows, lengths: list[int], mass: float) -> dict:
-    """Every non-gradient head measure recomputed from ``output_attentions`` and the heads output."""
-    n_layers, heads = loaded.adapter.num_layers, loaded.adapter.num_heads
-    heads_out: dict[str, torch.Tensor] = {}
-    handles = [h for layer in range(n_layers) for h in loaded.adapter.register_capture(
-        layer, [ATTN_HEADS], lambda name, t: heads_out.__setitem__(name, t.double()))]
-    with torch.no_grad():
-        probs = loaded.model(input_ids=windows.input_ids, attention_mask=windows.attention_mask,
-                             output_attentions=True).attentions
+def residual_writes(loaded, ids: torch.Tensor, modules: dict) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """``{layer: (output, ∂L/∂output)}`` of the module whose output the layer adds to the residual
+    stream (so ``∂L/∂output = ∂L/∂r``), ``L`` the summed next-token loss, by plain autograd."""
+    seen = {}
+
+    def keep(layer):
+        def hook(_module, _inputs, output):
+            output.retain_grad()
+            seen[layer] = output
+        return hook
+
+    handles = [module.register_forward_hook(keep(layer)) for layer, module in modules.items()]
+    handles.append(loaded.model.get_input_embeddings().register_forward_hook(
+        lambda _m, _i, out: out.detach().requires_grad_(True)))
+    with torch.enable_grad():
+        logits = loaded.model(input_ids=ids, use_cache=False).logits
+        F.cross_entropy(logits[0, :-1].double(), ids[0, 1:], reduction="sum").backward()
     for handle in handles:
         handle.remove()
-    sums = {name: torch.zeros(n_layers, heads, dtype=torch.float64)
-            for name in ("attention_weighted", "distance", "entropy", "rollout")}
-    for row, length in enumerate(lengths):
-        p = [probs[layer][row, :, :length, :length].double() for layer in range(n_layers)]
-        result = torch.eye(length, dtype=torch.float64)
+    return {layer: (out.detach()[0], out.grad[0]) for layer, out in seen.items()}
+
+
+def relevant_naive(relevance: list[float], mass: float) -> list[int]:
+    order = sorted(range(len(relevance)), key=lambda j: (-relevance[j], j))
+    chosen, total = [], 0.0
+    for j in order:
+        chosen.append(j)
+        total += relevance[j]
+        if total >= mass * sum(relevance) - 1e-12:
+            break
+    return chosen
+
+
+def abnar_zuidema_rollout(layer_attentions: list[torch.Tensor]) -> torch.Tensor:
+    """Abnar & Zuidema (2020) as written: ``A_l = 0.5·W_att + 0.5·I``, ``Ã_l = A_l · Ã_{l−1}``."""
+    length = layer_attentions[0].shape[0]
+    joint = torch.eye(length, dtype=torch.float64)
+    for attention in layer_attentions:
+        joint = (0.5 * attention + 0.5 * torch.eye(length, dtype=torch.float64)) @ joint
+    return joint
+
+
+def ali_rollout(layer_attentions: list[torch.Tensor]) -> torch.Tensor:
+    """Ali, Zimerman & Wolf's ``compute_rollout_attention`` (released code, start_layer 0)."""
+    eye = torch.eye(layer_attentions[0].shape[0], dtype=torch.float64)
+    augmented = [attention + eye for attention in layer_attentions]
+    normalised = [matrix / matrix.sum(dim=-1, keepdim=True) for matrix in augmented]
+    joint = normalised[0]
+    for matrix in normalised[1:]:
+        joint = matrix @ joint
+    return joint
+
+
+def gpt2_values(loaded, layer: int, ids: torch.Tensor) -> torch.Tensor:
+    """``v [H, T, d_h]`` of a GPT-2 layer from its ``c_attn`` projection (the weights)."""
+    attn = loaded.adapter.blocks()[layer].attn
+    seen = {}
+    handle = attn.c_attn.register_forward_hook(lambda _m, _i, out: seen.__setitem__("qkv", out.detach()))
+    with torch.no_grad():
+        loaded.model(input_ids=ids, use_cache=False)
+    handle.remove()
+    value = seen["qkv"][0].split(attn.embed_dim, dim=-1)[2]
+    return value.unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(0, 1).double()
+
+
+def test_head_scores_equal_brute_force(toy_model_dir):
+    """Every head measure from ``output_attentions``, ``c_attn``'s values and ``W_O``, by loops."""
+    loaded = load(toy_model_dir("gpt2"))
+    n_layers, heads, mass = loaded.adapter.num_layers, loaded.adapter.num_heads, 0.5
+    windows = [random_ids(1, length, seed=4 + length) for length in (10, 7)]
+    scores = attention_unit_scores(loaded.model, loaded.adapter, TokenWindows(
+        torch.cat([windows[0], F.pad(windows[1], (0, 3))]), torch.tensor([[1] * 10, [1] * 7 + [0] * 3]), 17),
+        AttentionConfig(batch_size=2, rollout_mass=mass), progress=False)
+    sums = {name: torch.zeros(n_layers, heads, dtype=torch.float64) for name in SCORE_NAMES}
+    for ids in windows:
+        length = ids.shape[1]
+        with torch.no_grad():
+            probs = [p[0].double() for p in loaded.model(input_ids=ids, output_attentions=True).attentions]
+        writes = residual_writes(loaded, ids, {l: loaded.adapter.attention_out_module(l) for l in range(n_layers)})
+        final = abnar_zuidema_rollout([p.mean(0) for p in probs])[-1]
+        relevant = relevant_naive(final.tolist(), mass)
         for layer in range(n_layers):
-            step = 0.5 * torch.eye(length, dtype=torch.float64) + 0.5 * p[layer].mean(0)
-            result = (step / step.sum(-1, keepdim=True)) @ result
-        final = result[-1]
-        order = sorted(range(length), key=lambda j: (-final[j].item(), j))
-        relevant, total = [], 0.0
-        for j in order:
-            relevant.append(j)
-            total += final[j].item()
-            if total >= mass * final.sum().item() - 1e-12:
-                break
-        for layer in range(n_layers):
-            out = heads_out[act_name(layer, ATTN_HEADS)][row, :length]
+            values = gpt2_values(loaded, layer, ids)
+            w_o = loaded.adapter.attention_out_module(layer).weight.double()  # Conv1D [in, out]
+            width = w_o.shape[0] // heads
+            grad = writes[layer][1].double()
             for h in range(heads):
-                ph = p[layer][h]
-                sums["attention_weighted"][layer, h] += out[:, h].norm(dim=-1).sum()
-                sums["distance"][layer, h] += sum(ph[i, j] * (i - j) for i in range(length) for j in range(i + 1))
-                sums["entropy"][layer, h] += -torch.xlogy(ph, ph).sum()
-                sums["rollout"][layer, h] += ph[-1, relevant].sum()
-    n_tokens = sum(lengths)
-    return {"attention_weighted": sums["attention_weighted"] / n_tokens, "distance": sums["distance"] / n_tokens,
-            "entropy": sums["entropy"] / n_tokens, "rollout": sums["rollout"] / len(lengths)}
-
-
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_head_scores_equal_brute_force(toy_model_dir, family):
-    loaded = load(toy_model_dir(family))
-    lengths = [10, 7]
-    windows = windows_of(random_ids(2, 10, seed=4), lengths)
-    scores = attention_unit_scores(loaded.model, loaded.adapter, windows, AttentionConfig(batch_size=2),
-                                   progress=False)
-    expected = brute_force_head_scores(loaded, windows, lengths, scores.rollout_mass)
+                p = probs[layer][h]
+                out = p @ values[h]  # o_i = Σ_j p_ij v_j
+                contribution = out @ w_o[h * width:(h + 1) * width]
+                sums["attention_weighted"][layer, h] += contribution.norm(dim=-1).sum()
+                sums["gradient_guided"][layer, h] += (contribution * grad).sum(-1).abs().sum()
+                sums["distance"][layer, h] += sum(p[i, j] * (i - j) for i in range(length) for j in range(i + 1))
+                sums["entropy"][layer, h] += -torch.xlogy(p, p).sum()
+                sums["rollout"][layer, h] += p[-1, relevant].sum()
     assert scores.unit == "head" and scores.n_tokens == 17 and scores.n_windows == 2
-    for name, values in expected.items():
-        for layer in range(loaded.adapter.num_layers):
-            assert torch.allclose(torch.from_numpy(scores.layers[layer][name]), values[layer], rtol=1e-5,
-                                  atol=1e-7), (name, layer)
+    check_scores(scores, sums, n_tokens=17, n_windows=2)
+
+
+SCORE_NAMES = ("attention_weighted", "gradient_guided", "distance", "entropy", "rollout")
+
+
+def check_scores(scores, sums: dict[str, torch.Tensor], n_tokens: int, n_windows: int) -> None:
+    for name, total in sums.items():
+        expected = total / (n_windows if name == "rollout" else n_tokens)
+        for layer in range(expected.shape[0]):
+            got = torch.from_numpy(scores.layers[layer][name])
+            assert relative_error(got, expected[layer]) <= 1e-5, (name, layer)
+
+
+def test_mamba_scores_equal_brute_force(toy_model_dir):
+    """Every channel measure from the full α (naive loop over i, j, n), ``x``, ``D``, ``z`` and
+    ``out_proj``, and the gradient of the loss at the residual stream by plain autograd."""
+    loaded = load(toy_model_dir("mamba", residual_in_fp32=False), double=True)
+    n_layers, mass, length = loaded.adapter.num_layers, 0.5, 9
+    ids = random_ids(1, length, seed=11)
+    scores = attention_unit_scores(loaded.model, loaded.adapter, windows_of(ids),
+                                   AttentionConfig(rollout_mass=mass), progress=False)
+    ssm = capture_ssm(loaded.model, loaded.adapter, ids, list(range(n_layers)))
+    writes = residual_writes(loaded, ids, {l: loaded.adapter.neuron_module(l) for l in range(n_layers)})
+    width = loaded.adapter.neuron_width(0)
+    sums = {name: torch.zeros(n_layers, width, dtype=torch.float64) for name in SCORE_NAMES}
+    alphas = []
+    for layer in range(n_layers):
+        s = ssm[layer]
+        alpha = naive_alpha(s.delta[0].double(), s.b[0].double(), s.c[0].double(), s.a.double())  # [D, T, T]
+        alphas.append(alpha)
+        x, gate = s.x[0].double(), F.silu(s.z[0].double())
+        unit = (torch.einsum("dij,jd->id", alpha, x) + s.d.double() * x) * gate  # [T, D]
+        w_out = loaded.adapter.neuron_module(layer).weight.double()  # [d_model, D]
+        grad = writes[layer][1].double()  # [T, d_model]
+        for d in range(width):
+            contribution = unit[:, d, None] * w_out[:, d]  # [T, d_model]
+            sums["attention_weighted"][layer, d] = contribution.norm(dim=-1).sum()
+            sums["gradient_guided"][layer, d] = (contribution * grad).sum(-1).abs().sum()
+            p = alpha[d].abs() / alpha[d].abs().sum(-1, keepdim=True)
+            sums["distance"][layer, d] = sum(p[i, j] * (i - j) for i in range(length) for j in range(i + 1))
+            sums["entropy"][layer, d] = -torch.xlogy(p, p).sum()
+    final = ali_rollout([alpha.mean(0) for alpha in alphas])[-1].clamp(min=0)
+    relevant = relevant_naive(final.tolist(), mass)
+    for layer, alpha in enumerate(alphas):
+        last = alpha[:, -1].abs()
+        sums["rollout"][layer] = last[:, relevant].sum(-1) / last.sum(-1)
+    check_scores(scores, sums, n_tokens=length, n_windows=1)
 
 
 # -- gradient-guided scores vs finite differences ---------------------------------------------------
@@ -223,17 +314,13 @@ def test_mamba_gradient_guided_equals_finite_differences(toy_model_dir):
     loaded = load(toy_model_dir("mamba", residual_in_fp32=False), double=True)
     ids, layer, units = random_ids(1, 8, seed=5), 1, (0, 5)
     scores = attention_unit_scores(loaded.model, loaded.adapter, windows_of(ids), progress=False)
-    ssm = capture_ssm(loaded.model, loaded.adapter, ids, [layer])[layer]
-    y = scan_output(ssm)
-    gate = F.silu(ssm.z[0].double())
+    neurons = capture_ssm(loaded.model, loaded.adapter, ids, [layer])[layer].neurons[0]
     for unit in units:
-        # scaling the unit's attention-mixed output y by (1 + ε) moves the neuron by ε·y·silu(z)
-        derivative = torch.tensor([finite_difference(loaded, ids, layer, unit, t, y[t, unit] * gate[t, unit])
+        # scaling the unit's contribution u·W_u by (1 + ε) moves the neuron u by ε·u
+        derivative = torch.tensor([finite_difference(loaded, ids, layer, unit, t, neurons[t, unit])
                                    for t in range(8)])
         assert scores.layers[layer]["gradient_guided"][unit] == pytest.approx(derivative.abs().mean().item(), rel=1e-4)
         assert derivative.abs().max() > 0
-        weighted = scores.layers[layer]["attention_weighted"][unit]
-        assert weighted == pytest.approx(y[:, unit].abs().mean().item(), rel=1e-4)
 
 
 def test_gpt2_gradient_guided_equals_finite_differences(toy_model_dir):
@@ -264,6 +351,20 @@ def test_mamba_scores_do_not_depend_on_the_chunking(toy_model_dir):
                                   rtol=1e-5, atol=1e-9), (layer, name)
     assert (plan_chunks(200, 64, 8, budget).channel_block, plan_chunks(200, 64, 8, budget).query_block) == (8, 128)
     assert whole.layers[0]["unit_mean"].shape == (loaded.adapter.neuron_width(0),)
+
+
+def test_rollout_equals_each_sources_formula():
+    g = torch.Generator().manual_seed(12)
+    signed = [(torch.randn(6, 6, generator=g, dtype=torch.float64) * 0.3).tril() for _ in range(3)]
+    assert torch.allclose(rollout(signed), ali_rollout(signed), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(rollout(signed), ali_rollout([m.abs() for m in signed]), atol=1e-3)
+    stochastic = [torch.rand(6, 6, generator=g, dtype=torch.float64).tril() for _ in range(3)]
+    stochastic = [m / m.sum(-1, keepdim=True) for m in stochastic]
+    assert torch.allclose(rollout(stochastic), abnar_zuidema_rollout(stochastic), rtol=1e-12, atol=1e-12)
+    with pytest.raises(CaptureError, match="sums to 0"):
+        rollout([torch.tensor([[-1.0, 0.0], [0.5, 0.5]])])
+    with pytest.raises(CaptureError, match="positive"):
+        relevant_tokens(torch.zeros(3, dtype=torch.float64), 0.5)
 
 
 def test_rollout_and_relevant_tokens_known_answers():

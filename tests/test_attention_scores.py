@@ -27,7 +27,6 @@ def test_reduce_blocks_equals_brute_force_on_signed_attention_with_an_empty_row(
     alpha[1, 4] = 0.0  # a query row without attention mass: left out of distance and entropy
     values = torch.randn(length, units, generator=g)
     reduced = reduce_blocks(blocks_of(alpha, 2, 3), units, length, values)
-    mean_attention = torch.zeros(length, length, dtype=torch.float64)
     for u in range(units):
         distance = entropy = rows = 0.0
         for i in range(length):
@@ -35,7 +34,6 @@ def test_reduce_blocks_equals_brute_force_on_signed_attention_with_an_empty_row(
             if row.sum() == 0:
                 continue
             p = row / row.sum()
-            mean_attention[i] += p / units
             rows += 1
             distance += sum(p[j].item() * (i - j) for j in range(length))
             entropy += -sum(p[j].item() * np.log(p[j].item()) for j in range(length) if p[j] > 0)
@@ -44,6 +42,7 @@ def test_reduce_blocks_equals_brute_force_on_signed_attention_with_an_empty_row(
         assert reduced.entropy[u].item() == pytest.approx(entropy, rel=1e-6)
         last = alpha[u, -1].double().abs()
         assert torch.allclose(reduced.final_row[u].double(), last / last.sum(), atol=1e-7)
+    mean_attention = alpha.double().mean(0)  # the signed unit mean (rollout of Ali et al.)
     assert torch.allclose(reduced.mean_attention, mean_attention, atol=1e-7)
     expected_mixed = torch.einsum("uij,ju->iu", alpha, values)
     assert torch.allclose(reduced.mixed, expected_mixed, atol=1e-5)
@@ -69,28 +68,38 @@ SCORES = scores_of({
 })
 
 
-def test_top_k_orders_by_score_then_layer_and_index():
-    assert SCORES.top_k("attention_weighted", 3) == [AttentionUnit(0, 0, 3.0), AttentionUnit(1, 0, 3.0),
-                                                      AttentionUnit(0, 2, 2.0)]
+def test_top_k_per_layer_by_default_and_global_on_normalised_scores():
+    assert SCORES.top_k("attention_weighted", 2) == [AttentionUnit(0, 0, 3.0), AttentionUnit(0, 2, 2.0),
+                                                      AttentionUnit(1, 0, 3.0), AttentionUnit(1, 1, 0.5)]
     assert len(SCORES.top_k("gradient_guided", 100)) == 6
-    assert unit_set(SCORES.top_k("gradient_guided", 2)) == {0: (1,), 1: (1,)}
+    # layer means 2.0 and 3.6/3 = 1.2: layer 1's unit 0 (3.0 / 1.2 = 2.5) beats layer 0's (1.5)
+    assert SCORES.top_k("attention_weighted", 2, "global") == [AttentionUnit(1, 0, pytest.approx(2.5)),
+                                                                AttentionUnit(0, 0, pytest.approx(1.5))]
+    assert unit_set(SCORES.top_k("gradient_guided", 1)) == {0: (1,), 1: (1,)}
+    zero = scores_of({0: {name: [0.0, 0.0] for name in ("attention_weighted", "gradient_guided", "rollout",
+                                                          "distance", "entropy")}})
+    assert [unit.score for unit in zero.top_k("rollout", 2, "global")] == [0.0, 0.0]
     with pytest.raises(ConfigError, match="unknown attention score"):
         SCORES.top_k("distance", 2)
     with pytest.raises(ConfigError, match="positive integer"):
         SCORES.top_k("rollout", 0)
+    with pytest.raises(ConfigError, match="scope"):
+        SCORES.top_k("rollout", 1, "everywhere")
 
 
 def test_diversity_summary_by_hand():
-    summary = diversity_summary(SCORES, 2)
+    summary = diversity_summary(SCORES, 1)
     weighted, gradient = summary["methods"]["attention_weighted"], summary["methods"]["gradient_guided"]
-    assert weighted["units"] == [[0, 0], [1, 0]] and gradient["units"] == [[1, 1], [0, 1]]
+    assert summary["scope"] == "layer"
+    assert weighted["units"] == [[0, 0], [1, 0]] and gradient["units"] == [[0, 1], [1, 1]]
     assert weighted["per_layer"] == {0: 1, 1: 1} and weighted["n_layers"] == 2
     assert weighted["mean_distance"] == pytest.approx(2.5) and gradient["mean_entropy"] == pytest.approx(0.35)
     assert summary["overlap"]["attention_weighted|gradient_guided"] == 0.0
-    assert summary["overlap"]["attention_weighted|rollout"] == pytest.approx(1 / 3)
+    assert summary["overlap"]["attention_weighted|rollout"] == pytest.approx(1.0)
     assert summary["rank_correlation"]["attention_weighted|rollout"] is None
     ranks_w, ranks_g = [5.5, 3, 4, 5.5, 2, 1], [2.5, 5, 4, 1, 6, 2.5]
     assert summary["rank_correlation"]["attention_weighted|gradient_guided"] == pytest.approx(
         np.corrcoef(ranks_w, ranks_g)[0, 1])
     assert summary["all_units"] == {"n_units": 6, "mean_distance": pytest.approx(3.0),
                                     "mean_entropy": pytest.approx(0.3)}
+    assert diversity_summary(SCORES, 2, "global")["methods"]["attention_weighted"]["units"] == [[1, 0], [0, 0]]

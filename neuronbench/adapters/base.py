@@ -55,6 +55,16 @@ def weight_in_features(module: nn.Module) -> int:
     raise CaptureError(f"cannot tell the input width of {type(module).__name__}")
 
 
+def weight_by_input(module: nn.Module) -> torch.Tensor:
+    """A projection's weight as ``[in, out]``: row ``i`` is what input coordinate ``i`` writes
+    (``nn.Linear`` stores ``[out, in]``, GPT-2 ``Conv1D`` ``[in, out]``)."""
+    if isinstance(module, nn.Linear):
+        return module.weight.T
+    if type(module).__name__ == "Conv1D":
+        return module.weight
+    raise CaptureError(f"cannot read the input-major weight of {type(module).__name__}")
+
+
 class ArchitectureAdapter(ABC):
     """One model family's view of neurons, activations and ablation hooks."""
 

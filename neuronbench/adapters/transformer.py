@@ -43,6 +43,10 @@ class TransformerAdapter(ArchitectureAdapter):
     def neuron_module(self, layer: int) -> nn.Module:
         return self._block_part(layer, self.neuron_path)
 
+    def attention_out_module(self, layer: int) -> nn.Module:
+        """The attention output projection ``W_O`` of ``layer`` (its input is the heads)."""
+        return self._block_part(layer, self.attention_out_path)
+
     @property
     def num_heads(self) -> int:
         return self.config.num_attention_heads
@@ -73,7 +77,7 @@ class TransformerAdapter(ArchitectureAdapter):
         return {ATTN_HEADS: self._split_heads(inputs[0])}
 
     def register_head_edit(self, layer: int, edit: TensorEdit) -> RemovableHandle:
-        module = self._block_part(layer, self.attention_out_path)
+        module = self.attention_out_module(layer)
 
         def pre_hook(_module: nn.Module, inputs: tuple) -> tuple:
             heads = edit(self._split_heads(inputs[0]))

@@ -2,9 +2,14 @@
 
 Channel ``d`` of layer ``l`` is neuron ``d`` of that layer (SPEC §4). Its attention is
 ``α^{(l,d)}`` (:mod:`neuronbench.attention.hidden`) built from the ``Δ``, ``B``, ``C`` the
-adapter captures and the layer's ``A = −exp(A_log)``; its attention-mixed output is the scan
-output ``y_i[d] = Σ_j α_{i,j}[d] x_j[d]``. Since the neuron is ``a = (y + D⊙x) ⊙ silu(z)``, the
-gradient of the loss with respect to ``y`` is ``∂L/∂y = ∂L/∂a ⊙ silu(z)``.
+adapter captures and the layer's ``A = −exp(A_log)``. Its attention-mixed output is the scan
+output ``m_i[d] = Σ_j α_{i,j}[d] x_j[d]``, and what it writes into the residual stream is
+
+    c_i[d] = (m_i[d] + D[d] x_i[d]) · silu(z_i[d]) · W_out[:, d]     (``d_model`` wide),
+
+the neuron ``u_i[d] = (m_i + D x_i) ⊙ silu(z_i)`` through its column of ``out_proj`` (write
+matrix ``W_u = W_out[:, d]ᵀ``, ``k = 1``). The gradient the forward pass records is
+``∂L/∂u``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuronbench.adapters import ArchitectureAdapter
+from neuronbench.adapters.base import weight_by_input
 from neuronbench.attention.forward import UnitPass, capture_activations
 from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET, hidden_attention, iter_hidden_attention
 from neuronbench.attention.units import UnitWindow
@@ -105,12 +111,23 @@ class MambaChannels:
     def window(self, adapter: ArchitectureAdapter, layer: int, seen: UnitPass, row: int, length: int,
                memory_budget_bytes: int) -> UnitWindow:
         kinds = {kind: tensor[row, :length] for kind, tensor in seen.captured[layer].items()}
-        a = adapter.ssm_parameters(layer)["A"].detach()
-        blocks = iter_hidden_attention(kinds[SSM_DELTA], kinds[SSM_B], kinds[SSM_C], a,
+        parameters = adapter.ssm_parameters(layer)
+        blocks = iter_hidden_attention(kinds[SSM_DELTA], kinds[SSM_B], kinds[SSM_C], parameters["A"].detach(),
                                        memory_budget_bytes=memory_budget_bytes)
-        grad_y = seen.grads[layer][row, :length].float() * F.silu(kinds[SSM_Z].float())
-        return UnitWindow(blocks=blocks, values=kinds[SSM_X], outputs=None, grads=grad_y.unsqueeze(-1),
+        x = kinds[SSM_X].float()
+        skip = parameters["D"].detach().float() * x
+        gate = F.silu(kinds[SSM_Z].float())
+
+        def assemble(mixed: torch.Tensor | None) -> torch.Tensor:
+            return ((mixed.to(x.device) + skip) * gate).unsqueeze(-1)
+
+        return UnitWindow(blocks=blocks, values=x, assemble=assemble,
+                          grads=seen.grads[layer][row, :length].float().unsqueeze(-1),
                           unit_values=seen.outputs[layer][row, :length].float())
+
+    def write_gram(self, adapter: ArchitectureAdapter, layer: int) -> torch.Tensor:
+        columns = weight_by_input(adapter.neuron_module(layer)).detach().double().cpu()
+        return columns.pow(2).sum(-1).reshape(-1, 1, 1)
 
     def matrices(self, model: nn.Module, adapter: ArchitectureAdapter, input_ids: torch.Tensor,
                  layer: int, units: Sequence[int], memory_budget_bytes: int) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """How different the attention neurons chosen by the three methods are.
 
-For the top-``k`` units of each method of :data:`~neuronbench.attention.scores.SCORE_METHODS`:
+For the top-``k`` units of each method of :data:`~neuronbench.attention.scores.SCORE_METHODS`
+(per layer by default, or globally on per-layer normalised scores: ``scope`` of
+:meth:`~neuronbench.attention.scores.AttentionUnitScores.top_k`):
 
 * ``per_layer``: units per layer, ``n_layers``: distinct layers among them;
 * ``mean_distance`` / ``mean_entropy``: mean attention distance and entropy of the top-k units
@@ -32,10 +34,11 @@ def _nanmean(values: pd.Series) -> float | None:
     return float(finite.mean()) if len(finite) else None
 
 
-def diversity_summary(scores: AttentionUnitScores, k: int) -> dict:
+def diversity_summary(scores: AttentionUnitScores, k: int, scope: str = "layer") -> dict:
     """The diversity summary of the module docstring, as plain JSON-ready data."""
     frame = scores.to_frame().set_index(["layer", "unit"])
-    tops = {method: [(unit.layer, unit.index) for unit in scores.top_k(method, k)] for method in SCORE_METHODS}
+    tops = {method: [(unit.layer, unit.index) for unit in scores.top_k(method, k, scope)]
+            for method in SCORE_METHODS}
     methods = {}
     for method, units in tops.items():
         chosen = frame.loc[units]
@@ -52,6 +55,7 @@ def diversity_summary(scores: AttentionUnitScores, k: int) -> dict:
     correlation = {f"{a}|{b}": _spearman(frame[a], frame[b]) for a, b in pairs}
     return {
         "k": k,
+        "scope": scope,
         "methods": methods,
         "all_units": {"n_units": len(frame), "mean_distance": _nanmean(frame["distance"]),
                       "mean_entropy": _nanmean(frame["entropy"])},

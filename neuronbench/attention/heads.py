@@ -3,7 +3,11 @@
 Head ``h`` of layer ``l``: its attention is the probability matrix ``p^{(l,h)}`` the model itself
 computed (``attn.pattern``, eager attention), its attention-mixed output is ``o_i = Σ_j p_ij v_j``
 as the model computed it (``attn.heads``: the input of the attention output projection, split by
-head, ``d_h`` wide), and ablating it replaces that output (``register_head_edit``).
+head, ``d_h`` wide), and what it writes into the residual stream is
+
+    c_i = o_i · W_O[h·d_h : (h+1)·d_h, :]       (``d_model`` wide; bias excluded: it is no head's),
+
+its block of rows of the input-major ``W_O``. Ablating it replaces ``o`` (``register_head_edit``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import nn
 
 from neuronbench.adapters import ArchitectureAdapter
+from neuronbench.adapters.base import weight_by_input
 from neuronbench.attention.forward import UnitPass, capture_activations
 from neuronbench.attention.hidden import AttentionBlock
 from neuronbench.attention.units import UnitWindow
@@ -50,8 +55,13 @@ class TransformerHeads:
         heads = torch.arange(pattern.shape[0], device=pattern.device)
         outputs = seen.outputs[layer][row, :length].float()
         return UnitWindow(blocks=iter([AttentionBlock(heads, 0, length, pattern)]), values=None,
-                          outputs=outputs, grads=seen.grads[layer][row, :length].float(),
+                          assemble=lambda _mixed: outputs, grads=seen.grads[layer][row, :length].float(),
                           unit_values=outputs)
+
+    def write_gram(self, adapter: ArchitectureAdapter, layer: int) -> torch.Tensor:
+        rows = weight_by_input(adapter.attention_out_module(layer)).detach().double().cpu()
+        blocks = rows.unflatten(0, (head_count(adapter), -1))
+        return blocks @ blocks.transpose(1, 2)
 
     def matrices(self, model: nn.Module, adapter: ArchitectureAdapter, input_ids: torch.Tensor,
                  layer: int, units: Sequence[int], memory_budget_bytes: int) -> torch.Tensor:

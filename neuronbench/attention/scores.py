@@ -1,39 +1,56 @@
 """Attention-neuron scores: activation and importance of every attention unit, three ways.
 
 A unit ``u`` (Mamba channel or transformer head, :mod:`neuronbench.attention.units`) of layer
-``l`` has on each window an attention matrix ``α^{(u)}`` (hidden attention or probabilities), an
-attention-mixed output ``o_i = Σ_j α_ij v_j`` (a scalar for a channel, a ``d_h`` vector for a head)
-and the gradient ``g_i = ∂L/∂o_i`` of the summed next-token loss ``L``
-(:mod:`neuronbench.attention.forward`). With ``α̂_ij = |α_ij| / Σ_j' |α_ij'|`` (row-normalised
-magnitude; a row with no mass is left out of the row averages below) and real tokens ``i``:
+``l`` has on each window an attention matrix ``α^{(u)}`` (hidden attention or probabilities),
+an attention-mixed vector ``u_i`` (channel: ``(Σ_j α_ij x_j + D x_i) ⊙ silu(z_i)``; head:
+``Σ_j p_ij v_j``) and a write matrix ``W_u`` into the residual stream (channel: its column of
+``out_proj``; head: its block of ``W_O``), so that the unit writes ``c_i = u_i W_u`` at token
+``i``. ``r_i`` is the residual stream right after the layer adds its output, ``L`` the summed
+next-token loss (:mod:`neuronbench.attention.forward`). Over the real tokens ``i`` of every
+window:
 
 ``attention_weighted``
-    ``mean_i ‖o_i‖`` over every token of every window — the mean magnitude of the unit's
-    attention-mixed output (``|o_i|`` for a channel, the Euclidean norm for a head).
+    ``mean_i ‖c_i‖`` — the mean norm of the unit's attention-mixed contribution to the residual
+    stream (computed as ``sqrt(u_i G_u u_iᵀ)`` with ``G_u = W_u W_uᵀ``, never forming ``c``).
 ``gradient_guided``
-    ``mean_i |o_i · g_i|`` — the magnitude of the first-order estimate ``−o_i · g_i`` of how much
-    the loss changes when the unit's output at token ``i`` is removed (gradient × input).
+    ``mean_i |c_i · ∂L/∂r_i|`` — gradient × input of that contribution: the magnitude of the
+    first-order change of the loss when the unit's contribution at token ``i`` is removed. Since
+    ``r`` adds ``c`` linearly, ``c_i · ∂L/∂r_i = u_i · ∂L/∂u_i``, which is how it is computed.
+    It uses the gradient that Mamba-Attribution (Ali, Zimerman & Wolf 2024) uses, the gradient of
+    the prediction with respect to the residual stream of the layer; their method itself maps
+    token relevance, not units, and does not give a per-unit score.
 ``rollout``
-    Abnar & Zuidema (2020) attention rollout over the analysed layers, per window: the unit-mean
-    attention ``Ā_l = mean_u α̂^{(u)}`` of each layer, with the residual path,
-    ``Ã_l = rownorm(0.5·I + 0.5·Ā_l)``, and ``R = Ã_L ⋯ Ã_1`` (first layer applied first).
-    The *relevant tokens* of a window are the smallest set of tokens whose final-row rollout
-    ``R_{T−1, ·}`` (relevance of each input token to the last position) holds at least
-    ``rollout_mass`` of its mass (tokens taken by decreasing relevance, ties by position). A
-    unit's score is the mass of its own final-row attention on them, ``Σ_{j relevant} α̂_{T−1,j}``,
-    averaged over windows.
+    *Relevant-token share*, neuronbench's own per-unit construct on top of attention rollout.
+    Rollout, per window, over the analysed layers (first applied first)::
+
+        Ã_l = rownorm(Ā_l + I),   R = Ã_L ⋯ Ã_1,   rownorm(M)_ij = M_ij / Σ_j' M_ij'
+
+    with ``Ā_l`` the unit mean of the raw attention: for Mamba the *signed* channel mean of
+    ``α`` (Ali, Zimerman & Wolf 2024, ``compute_rollout_attention`` of their released code:
+    identity added, rows normalised by their sum); for heads the head mean of the
+    probabilities, whose rows sum to 1, so that ``Ã_l = 0.5·Ā_l + 0.5·I`` exactly as Abnar &
+    Zuidema (2020). The relevance of input token ``j`` to the last position is
+    ``ρ_j = max(R_{T−1,j}, 0)`` (Ali et al. clamp the map at 0). The *relevant tokens* are the
+    smallest set holding at least ``rollout_mass`` of ``Σ_j ρ_j`` (by decreasing ``ρ``, ties by
+    position). A unit's score is the share of its own last-row attention magnitude on them,
+    ``Σ_{j relevant} α̂_{T−1,j}``, averaged over windows.
 ``distance``
     mean attention distance ``mean_i Σ_j α̂_ij (i − j)`` in tokens.
 ``entropy``
     attention entropy ``mean_i −Σ_j α̂_ij ln α̂_ij`` in nats.
 
-``unit_mean`` is the unit's mean value in the tensor an ablation replaces (the neuron for a
-channel, the head output ``[d_h]`` for a head), for mean-ablation.
+``α̂_ij = |α_ij| / Σ_j' |α_ij'|`` is the row-normalised magnitude; a row with no mass is left out
+of the row averages. ``unit_mean`` is the unit's mean value in the tensor an ablation replaces
+(the neuron for a channel, the head output ``[d_h]`` for a head), for mean-ablation.
+
+Selecting units (:meth:`AttentionUnitScores.top_k`): by default the ``k`` best units of *each*
+layer (scores of different layers have different scales); ``scope="global"`` ranks all units
+together on scores divided by their layer's mean score.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,8 +107,9 @@ class AttentionUnit:
 @dataclass
 class WindowReduction:
     """One window of one layer, reduced: per unit ``distance``/``entropy`` sums over rows with
-    attention mass (``rows`` of them), ``final_row`` ``α̂_{T−1,·}`` ``[U, T]``, the unit-mean
-    ``mean_attention`` ``Ā`` ``[T, T]`` and, when mixed from the blocks, ``mixed`` ``o`` ``[T, U]``."""
+    attention mass (``rows`` of them), ``final_row`` ``α̂_{T−1,·}`` ``[U, T]``, the unit mean of
+    the raw attention ``mean_attention`` ``Ā`` ``[T, T]`` and, when mixed from the blocks,
+    ``mixed`` ``m_i = Σ_j α_ij x_j`` ``[T, U]``."""
 
     distance: torch.Tensor
     entropy: torch.Tensor
@@ -143,25 +161,38 @@ def _fold_block(out: WindowReduction, block: AttentionBlock, units: torch.Tensor
     out.distance[units] += distance.double().sum(-1).cpu()
     out.entropy[units] += entropy.double().sum(-1).cpu()
     out.rows[units] += valid.sum(-1).cpu()
-    out.mean_attention[start:stop, :stop] += norm.sum(0).double().cpu()
+    out.mean_attention[start:stop, :stop] += block.alpha.double().sum(0).cpu()
     if stop == out.final_row.shape[1]:
         out.final_row[units] = norm[:, -1, :].cpu()
 
 
 def rollout(mean_attentions: list[torch.Tensor]) -> torch.Tensor:
-    """``R = Ã_L ⋯ Ã_1`` with ``Ã_l = rownorm(0.5·I + 0.5·Ā_l)``; ``mean_attentions`` in layer
-    order, each ``[T, T]``. Returns ``R`` ``[T, T]`` (float64, rows sum to 1)."""
+    """``R = Ã_L ⋯ Ã_1`` with ``Ã_l = rownorm(Ā_l + I)`` (module docstring); ``mean_attentions``
+    ``Ā_l`` in layer order, each ``[T, T]``. Returns ``R`` ``[T, T]`` (float64). Raises
+    :class:`CaptureError` when a row of some ``Ā_l + I`` sums to 0 (the normalisation is
+    undefined) or the product is not finite."""
     length = mean_attentions[0].shape[0]
-    result = torch.eye(length, dtype=torch.float64)
-    for attention in mean_attentions:
-        mixed = 0.5 * torch.eye(length, dtype=torch.float64) + 0.5 * attention.double()
-        result = (mixed / mixed.sum(-1, keepdim=True)) @ result
+    eye = torch.eye(length, dtype=torch.float64)
+    result = eye
+    for layer, attention in enumerate(mean_attentions):
+        augmented = attention.double() + eye
+        totals = augmented.sum(-1, keepdim=True)
+        if bool((totals == 0).any()):
+            raise CaptureError(f"rollout: a row of Ā + I of analysed layer #{layer} sums to 0, so it "
+                               "cannot be normalised")
+        result = (augmented / totals) @ result
+    if not bool(torch.isfinite(result).all()):
+        raise CaptureError("rollout is not finite: the signed rows of Ā + I nearly cancel")
     return result
 
 
 def relevant_tokens(relevance: torch.Tensor, mass: float) -> torch.Tensor:
     """The smallest set of positions (by decreasing ``relevance``, ties by position) whose
-    relevance sums to at least ``mass`` of the total; a bool mask ``[T]``."""
+    relevance sums to at least ``mass`` of the total; a bool mask ``[T]``. ``relevance`` must be
+    non-negative with a positive total (:class:`CaptureError` otherwise)."""
+    if bool((relevance < 0).any()) or not float(relevance.sum()) > 0:
+        raise CaptureError("rollout relevance must be non-negative with a positive total; the last "
+                           "row of this window's rollout has no positive mass")
     order = torch.sort(relevance, descending=True, stable=True).indices
     cumulative = relevance[order].cumsum(0)
     needed = int(torch.searchsorted(cumulative, mass * cumulative[-1] * (1 - 1e-12))) + 1
@@ -170,11 +201,20 @@ def relevant_tokens(relevance: torch.Tensor, mass: float) -> torch.Tensor:
     return mask
 
 
+def contribution_norms(vectors: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """``‖u_i W_u‖ = sqrt(u_i G_u u_iᵀ)`` ``[T, U]`` from ``vectors`` ``u`` ``[T, U, k]`` and
+    ``gram`` ``G`` ``[U, k, k]`` (float64; rounding below 0 is clamped)."""
+    squared = torch.einsum("tuk,ukl,tul->tu", vectors, gram, vectors)
+    return squared.clamp_min(0.0).sqrt()
+
+
 @dataclass
 class LayerAccumulator:
-    """Running sums of one layer's unit measures over windows."""
+    """Running sums of one layer's unit measures over windows; ``gram`` ``[U, k, k]`` of the units'
+    write matrices (:meth:`~neuronbench.attention.units.AttentionUnits.write_gram`)."""
 
     n_units: int
+    gram: torch.Tensor
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     rows: torch.Tensor | None = None
     unit_sum: torch.Tensor | None = None
@@ -184,11 +224,10 @@ class LayerAccumulator:
         self.rows = torch.zeros(self.n_units, dtype=torch.long)
 
     def add(self, window: UnitWindow, reduced: WindowReduction) -> None:
-        outputs = window.outputs if reduced.mixed is None else reduced.mixed.unsqueeze(-1)
-        outputs = outputs.cpu().double()
+        vectors = window.assemble(reduced.mixed).cpu().double()
         grads = window.grads.cpu().double()
-        self.sums["attention_weighted"] += outputs.norm(dim=-1).sum(0)
-        self.sums["gradient_guided"] += (outputs * grads).sum(-1).abs().sum(0)
+        self.sums["attention_weighted"] += contribution_norms(vectors, self.gram).sum(0)
+        self.sums["gradient_guided"] += (vectors * grads).sum(-1).abs().sum(0)
         self.sums["distance"] += reduced.distance
         self.sums["entropy"] += reduced.entropy
         self.rows += reduced.rows
@@ -230,16 +269,19 @@ class AttentionUnitScores:
             raise ConfigError(f"unknown attention measure {name!r}; choose one of {list(UNIT_MEASURES)}")
         return {layer: arrays[name] for layer, arrays in self.layers.items()}
 
-    def top_k(self, method: str, k: int) -> list[AttentionUnit]:
-        """The ``k`` units with the highest score under ``method`` (all units if fewer), highest
-        first, ties broken by (layer, index)."""
+    def top_k(self, method: str, k: int, scope: str = "layer") -> list[AttentionUnit]:
+        """The best units under ``method``: with ``scope="layer"`` the ``k`` best of each layer
+        (all of a layer with fewer), in layer order; with ``scope="global"`` the ``k`` best of all
+        layers on per-layer normalised scores (:data:`TOP_K_SCOPES`). Highest first within a
+        layer (resp. overall), ties broken by (layer, index); ``AttentionUnit.score`` is the
+        ranked value."""
         if method not in SCORE_METHODS:
             raise ConfigError(f"unknown attention score {method!r}; choose one of {list(SCORE_METHODS)}")
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise ConfigError(f"top-k needs a positive integer k, got {k!r}")
-        units = [AttentionUnit(layer, index, float(score))
-                 for layer, scores in self.measure(method).items() for index, score in enumerate(scores)]
-        return sorted(units, key=lambda unit: (-unit.score, unit.layer, unit.index))[:k]
+        if scope not in TOP_K_SCOPES:
+            raise ConfigError(f"unknown top-k scope {scope!r}; choose one of {sorted(TOP_K_SCOPES)}")
+        return TOP_K_SCOPES[scope](self.measure(method), k)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per unit: ``layer``, ``unit`` and every measure of :data:`UNIT_MEASURES` — the
@@ -254,6 +296,37 @@ class AttentionUnitScores:
         return {"family": self.family, "unit": self.unit, "layers": sorted(self.layers),
                 "n_tokens": self.n_tokens, "n_windows": self.n_windows, "rollout_mass": self.rollout_mass,
                 "methods": list(SCORE_METHODS)}
+
+
+def _ranked(scores: dict[int, np.ndarray]) -> list[AttentionUnit]:
+    units = [AttentionUnit(layer, index, float(score)) for layer, values in scores.items()
+             for index, score in enumerate(values)]
+    return sorted(units, key=lambda unit: (-unit.score, unit.layer, unit.index))
+
+
+def top_k_per_layer(scores: dict[int, np.ndarray], k: int) -> list[AttentionUnit]:
+    """The ``k`` highest-scoring units of every layer, layers in ascending order."""
+    return [unit for layer in sorted(scores) for unit in _ranked({layer: scores[layer]})[:k]]
+
+
+def layer_normalized(values: np.ndarray) -> np.ndarray:
+    """``s_u / mean_u' s_u'`` over one layer's non-negative scores (all 0 for a layer whose mean
+    is 0), so that layers of different scale compare."""
+    mean = float(np.mean(values))
+    return np.zeros_like(values, dtype=float) if mean == 0 else values / mean
+
+
+def top_k_global(scores: dict[int, np.ndarray], k: int) -> list[AttentionUnit]:
+    """The ``k`` units with the highest :func:`layer_normalized` score over all layers."""
+    return _ranked({layer: layer_normalized(values) for layer, values in scores.items()})[:k]
+
+
+TOP_K_SCOPES: dict[str, Callable[[dict[int, np.ndarray], int], list[AttentionUnit]]] = {
+    "layer": top_k_per_layer,
+    "global": top_k_global,
+}
+"""How :meth:`AttentionUnitScores.top_k` selects: per layer (default) or globally on
+per-layer normalised scores."""
 
 
 def _real_length(mask_row: torch.Tensor) -> int:
@@ -282,7 +355,8 @@ def attention_unit_scores(model: nn.Module, adapter: ArchitectureAdapter, window
         raise ConfigError("no tokens to analyse: the token windows are empty")
     units = attention_units(adapter)
     layers = parse_layers(config.layers, adapter.num_layers)
-    accumulators = {layer: LayerAccumulator(units.count(adapter, layer)) for layer in layers}
+    accumulators = {layer: LayerAccumulator(units.count(adapter, layer), units.write_gram(adapter, layer))
+                    for layer in layers}
     device = next(model.parameters()).device
     n_tokens = n_windows = 0
     total = -(-windows.input_ids.shape[0] // config.batch_size)
@@ -300,7 +374,7 @@ def attention_unit_scores(model: nn.Module, adapter: ArchitectureAdapter, window
                 accumulators[layer].add(window, reduced)
                 finals[layer] = reduced.final_row
                 means.append(reduced.mean_attention)
-            relevant = relevant_tokens(rollout(means)[-1], config.rollout_mass)
+            relevant = relevant_tokens(rollout(means)[-1].clamp_min(0.0), config.rollout_mass)
             for layer in layers:
                 accumulators[layer].add_rollout(finals[layer], relevant)
             n_tokens += length

@@ -12,7 +12,7 @@ with respect to those outputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,16 +28,19 @@ from neuronbench.attention.hidden import AttentionBlock
 class UnitWindow:
     """One window (``length`` real tokens) of one layer, seen through its attention units.
 
-    ``blocks`` stream the attention ``[units, queries, keys]``. The attention-mixed output
-    ``o [T, U, k]`` is ``outputs`` when the model exposes it (heads, ``k = d_h``), otherwise it is
-    ``Σ_j α_ij values_j`` mixed from the blocks (Mamba, ``values = x [T, U]``, ``k = 1``).
-    ``grads`` is ``∂L/∂o`` ``[T, U, k]``; ``unit_values`` the tensor an ablation replaces
+    ``blocks`` stream the attention ``[units, queries, keys]``. ``values`` (Mamba: the scan input
+    ``x [T, U]``) are what the blocks mix: ``m_i = Σ_j α_ij x_j``; heads need no mixing
+    (``values`` is ``None``, the model exposes the mixed output). ``assemble(m)`` turns the mixed
+    output (``None`` for heads) into the unit's vector ``u_i`` ``[T, U, k]`` that its write matrix
+    ``W_u`` ``[k, d_model]`` maps into the residual stream (channel: ``k = 1``,
+    ``u_i = (m_i + D x_i) ⊙ silu(z_i)``; head: ``k = d_h``, ``u_i = Σ_j p_ij v_j``).
+    ``grads`` is ``∂L/∂u`` ``[T, U, k]``; ``unit_values`` the tensor an ablation replaces
     (``[T, U]`` or ``[T, U, d_h]``).
     """
 
     blocks: Iterator[AttentionBlock]
     values: torch.Tensor | None
-    outputs: torch.Tensor | None
+    assemble: Callable[[torch.Tensor | None], torch.Tensor]
     grads: torch.Tensor
     unit_values: torch.Tensor
 
@@ -56,6 +59,10 @@ class AttentionUnits(Protocol):
     def window(self, adapter: ArchitectureAdapter, layer: int, seen: UnitPass, row: int, length: int,
                memory_budget_bytes: int) -> UnitWindow:
         """Window ``row`` (its first ``length`` positions are the real tokens) of ``layer``."""
+
+    def write_gram(self, adapter: ArchitectureAdapter, layer: int) -> torch.Tensor:
+        """``G_u = W_u W_uᵀ`` ``[U, k, k]`` (float64) of each unit's write matrix ``W_u`` into the
+        residual stream, so that ``‖u_i W_u‖ = sqrt(u_i G_u u_iᵀ)``."""
 
     def matrices(self, model: nn.Module, adapter: ArchitectureAdapter, input_ids: torch.Tensor,
                  layer: int, units: Sequence[int], memory_budget_bytes: int) -> torch.Tensor:
