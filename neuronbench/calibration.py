@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from neuronbench.detectors.result import Detection
+from neuronbench.document import Block, Paragraph, narrow_blocks
 
 Neuron = tuple[int, int]
 
@@ -99,3 +100,35 @@ def calibrate(neuron_type: str, planted: Mapping[int, Mapping[int, str | None]],
     missed += [n for n in all_planted if n[0] not in detections]
     return CalibrationResult(neuron_type, all_planted, tuple(found), tuple(wrong), tuple(missed),
                              tuple(false_positives), allowed_false_positives)
+
+
+CALIBRATION_COLUMNS = ("planted", "found", "wrong_answer", "missed", "false_positives", "allowed_false_positives",
+                       "passed")
+
+
+CALIBRATION_HEADERS = ("model", "planted type", *CALIBRATION_COLUMNS, "missed neurons", "false-positive neurons")
+
+
+def _named(neurons: list) -> str:
+    return ", ".join(f"L{n[0]}N{n[1]}" for n in neurons) or "—"
+
+
+def calibration_rows(records: list[dict]) -> list[list[object]]:
+    """One row per calibration record (``analysis == "calibration"``), columns
+    :data:`CALIBRATION_HEADERS`."""
+    rows = []
+    for record in records:
+        if record["analysis"] == "calibration":
+            outcome = record.get("figures", {}).get("calibration", {})
+            rows.append([record["model"], record["neuron_type"],
+                         *(record["metrics"][c] for c in CALIBRATION_COLUMNS),
+                         _named(outcome.get("missed", [])), _named(outcome.get("false_positives", []))])
+    return rows
+
+
+def calibration_blocks(records: list[dict]) -> list[Block]:
+    """The report's calibration section: :func:`calibration_rows` and what they mean."""
+    legend = Paragraph("Planted neurons of the calibration models against each planted type's detector: found "
+                       "(with the planted covered token or positional type), found with another answer, missed, "
+                       "and neurons found outside the planted set (false positives) against the number allowed.")
+    return [*narrow_blocks(list(CALIBRATION_HEADERS), calibration_rows(records), keep=2), legend]

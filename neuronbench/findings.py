@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from neuronbench.calibration import calibration_blocks
 from neuronbench.document import MISSING, Block, Heading, Paragraph, fmt, narrow_blocks
 
 NULL_METRICS = ("null_count",)
@@ -249,6 +250,7 @@ SECTION_COLUMNS = {
 
 SECTIONS: dict[str, Callable[[Sequence[dict]], list[Block]]] = {
     "ablation": ablation_blocks,
+    "calibration": calibration_blocks,
     "perplexity": lambda records: scalar_blocks(records, SECTION_COLUMNS["perplexity"]),
 }
 """Analyses with their own section layout; every other analysis gets :func:`generic_blocks`."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from neuronbench.calibration import calibrate
+from neuronbench.calibration import calibrate, calibration_rows
 from neuronbench.detectors.result import Detection
 
 
@@ -33,3 +33,12 @@ def test_token_answers_are_the_covered_tokens_and_false_positives_may_be_allowed
     assert strict.found == ((0, 4),) and strict.false_positives == ((0, 6),) and not strict.passed
     assert calibrate("token", planted, detections, decode=chr, allowed_false_positives=1).passed
     assert calibrate("dead", {0: {4: None, 6: None}}, detections, decode=chr).passed
+
+
+def test_report_rows_name_the_missed_and_false_neurons() -> None:
+    planted = {0: {1: None, 2: None}}
+    result = calibrate("dead", planted, {0: detection(0, [1, 7])}, decode=str)
+    record = {"analysis": "calibration", "model": "m", "neuron_type": "dead", "metrics": result.metrics(),
+              "figures": {"calibration": {"missed": result.missed, "false_positives": result.false_positives}}}
+    assert calibration_rows([record, {"analysis": "dead"}]) == [
+        ["m", "dead", 2, 1, 0, 1, 1, 0, False, "L0N2", "L0N7"]]
