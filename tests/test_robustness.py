@@ -399,19 +399,29 @@ def _stalled_writer(out: Path, cache: Path, reference) -> None:
     _writer(out, cache, reference)
 
 
-def _run_writer(out: Path, cache: Path, reference, kill_after: float | None, stall: bool = False) -> bool:
-    """Run the writer in a forked process, SIGKILLed after ``kill_after`` seconds (or once it is
-    stalled mid-write); return whether the kill interrupted it."""
+def _finished_cases(out: Path) -> int:
+    try:
+        return len(json.loads((out / "results.json").read_text())["records"])
+    except (OSError, ValueError):
+        return 0
+
+
+def _run_writer(out: Path, cache: Path, reference, kill: tuple[int, float] | None, stall: bool = False) -> bool:
+    """Run the writer in a forked process; with ``kill = (cases, seconds)`` SIGKILL it that long
+    after it has finished that many cases (the same random point however loaded the machine is),
+    with ``stall`` once it is stuck mid-write. Returns whether the kill interrupted it."""
     target = _stalled_writer if stall else _writer
     process = multiprocessing.get_context("fork").Process(target=target, args=(out, cache, reference))
     process.start()
+    deadline = time.monotonic() + 60
     if stall:
-        deadline = time.monotonic() + 60
         while not list(out.rglob("*.tmp")) + list(cache.rglob("*.tmp")) and time.monotonic() < deadline:
-            time.sleep(0.01)
-    elif kill_after is not None:
-        time.sleep(kill_after)
-    if stall or kill_after is not None:
+            time.sleep(0.005)
+    elif kill is not None:
+        while _finished_cases(out) < kill[0] and process.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(kill[1])
+    if stall or kill is not None:
         os.kill(process.pid, signal.SIGKILL)
     process.join(60)
     assert process.exitcode in (0, -signal.SIGKILL)
@@ -443,9 +453,10 @@ def test_sigkill_while_writing_leaves_everything_readable_and_the_rerun_equal(br
         for stale in cache.glob("case*.npz"):  # some cases need recomputing on every try
             if rng.random() < 0.3:
                 stale.unlink()
-        interrupted += _run_writer(out, cache, reference, rng.uniform(0.0, duration), stall=attempt % 5 == 4)
+        kill = (rng.randrange(CASES), rng.uniform(0.0, duration / CASES))
+        interrupted += _run_writer(out, cache, reference, kill, stall=attempt % 5 == 4)
         orphans += _check_readable(out, cache) > 0
-    assert interrupted >= 10 and orphans >= 4  # kills landed mid-run (16 expected), and mid-write
+    assert interrupted >= 12 and orphans >= 4  # kills landed mid-run, and mid-write
     _run_writer(out, cache, reference, None)
     assert not list(out.rglob("*.tmp")) and not list(cache.rglob("*.tmp"))
     assert (out / "results.json").read_bytes() == (clean_out / "results.json").read_bytes()
