@@ -14,6 +14,8 @@ array                       shape                definition
 Exact running top-k: each batch's own top-k per neuron (``torch.topk`` over its real positions)
 is merged with the running top-k by one more ``torch.topk`` over the ``2k`` candidates, so the
 state is ``k × W`` values and positions per layer (12 bytes each), flat in the number of tokens.
+Once k values are held, only the neurons with some activation in the batch above their current
+k-th value are merged (the others cannot change).
 The values equal a brute-force ``torch.topk`` over the full ``[tokens, W]`` tensor exactly.
 **Ties**: where several positions share the k-th largest value, which of them are kept is
 whatever ``torch.topk`` picks (deterministic for the same input on the same device, but not
@@ -55,12 +57,23 @@ class TopActivations:
         self.windows_seen += real.shape[0]
         if flat.shape[0] == 0:
             return
-        values, where = torch.topk(flat, min(self.k, flat.shape[0]), dim=0)
-        values = torch.cat([self.values, values])
-        positions = torch.cat([self.positions, positions[where]])
-        keep = min(self.k, values.shape[0])
-        self.values, order = torch.topk(values, keep, dim=0)
-        self.positions = torch.gather(positions, 0, order)
+        if self.values.shape[0] == self.k:  # full: only neurons with a value above their k-th can change
+            columns = (flat > self.values[-1]).any(0).nonzero().flatten()
+            if columns.numel() < flat.shape[1]:
+                values, kept = self._merge(flat[:, columns], positions, self.values[:, columns],
+                                           self.positions[:, columns])
+                self.values[:, columns], self.positions[:, columns] = values, kept
+                return
+        self.values, self.positions = self._merge(flat, positions, self.values, self.positions)
+
+    def _merge(self, flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor,
+               kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k of the running ``(values, kept)`` and the batch's ``flat`` at ``positions``."""
+        top, where = torch.topk(flat, min(self.k, flat.shape[0]), dim=0)
+        values = torch.cat([values, top])
+        candidates = torch.cat([kept, positions[where]])
+        values, order = torch.topk(values, min(self.k, values.shape[0]), dim=0)
+        return values, torch.gather(candidates, 0, order)
 
     def arrays(self) -> dict[str, np.ndarray]:
         missing = self.k - self.values.shape[0]
