@@ -196,9 +196,7 @@ def _from_pretrained(location: str, dtype: torch.dtype, local_only: bool):
 
     config = AutoConfig.from_pretrained(location, local_files_only=local_only)
     require_supported(getattr(config, "model_type", None), location)
-    model = AutoModelForCausalLM.from_pretrained(
-        location, dtype=dtype, local_files_only=local_only, attn_implementation="eager"
-    )
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, local_files_only=local_only)
     tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
     check_tokenizer(tokenizer, location)
     return model, tokenizer
@@ -268,8 +266,10 @@ def weights_sha256(directory: str) -> str | None:
 def load_model(name: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load ``name`` (alias, hub id or local directory) in eval mode on ``device``/``dtype``.
 
-    Transformers are loaded with ``attn_implementation="eager"`` so that their attention
-    probabilities can be read (``attn.pattern``).
+    Transformers are loaded with the library's default attention implementation (SDPA, or flash
+    attention where installed); only passes that read attention probabilities (``attn.pattern``)
+    switch to eager attention, while their hooks are registered
+    (:mod:`neuronbench.adapters.attention_impl`).
     """
     source = resolve_model(name)
     torch_device = resolve_device(device)

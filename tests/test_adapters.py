@@ -4,12 +4,14 @@ the weights, hooks leave logits bit-identical, ablation hooks equal weight edits
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from neuronbench.adapters import adapter_for
+from neuronbench.adapters.attention_impl import attention_implementation, eager_attention
 from neuronbench.errors import AnalysisUnavailableError, LayerRangeError, UnsupportedArchitectureError
 from neuronbench.models import load_model
 from neuronbench.names import ATTN_HEADS, ATTN_PATTERN, NEURONS, SSM_B, SSM_C, SSM_DELTA, SSM_X, SSM_Z, act_name
@@ -123,9 +125,10 @@ def test_mamba_ssm_internals_equal_manual_recomputation(toy_model_dir):
 
 
 def test_capture_hooks_leave_logits_bit_identical(loaded, input_ids):
-    with torch.no_grad():
-        plain = loaded.model(input_ids=input_ids).logits
     kinds = loaded.adapter.available_kinds(0)
+    reads_pattern = ATTN_PATTERN in kinds  # then the hooks run eager attention: compare with eager
+    with torch.no_grad(), eager_attention(loaded.model) if reads_pattern else nullcontext():
+        plain = loaded.model(input_ids=input_ids).logits
     handles = [h for layer in range(loaded.adapter.num_layers)
                for h in loaded.adapter.register_capture(layer, kinds, lambda name, t: None)]
     with torch.no_grad():
@@ -161,7 +164,7 @@ def test_zero_ablation_hook_equals_zeroing_the_weight_column(loaded, input_ids):
 def test_attention_pattern_equals_output_attentions(toy_model_dir, family):
     loaded = load_model(str(toy_model_dir(family)), device="cpu", dtype="float32")
     input_ids = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
+    with torch.no_grad(), eager_attention(loaded.model):
         reference = loaded.model(input_ids=input_ids, output_attentions=True).attentions
     for layer in range(loaded.adapter.num_layers):
         got = capture(loaded, layer, [ATTN_PATTERN, ATTN_HEADS], input_ids)
@@ -170,6 +173,34 @@ def test_attention_pattern_equals_output_attentions(toy_model_dir, family):
         assert torch.allclose(pattern.sum(-1), torch.ones(()), atol=1e-5)
         heads = got[act_name(layer, ATTN_HEADS)]
         assert heads.shape[2] == loaded.adapter.num_heads
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt", "llama", "gpt_neox"])
+def test_default_attention_agrees_with_eager_which_only_pattern_reads_switch_on(toy_model_dir, family):
+    loaded = load_model(str(toy_model_dir(family)), device="cpu", dtype="float32")
+    model, default = loaded.model, attention_implementation(loaded.model)
+    assert default != "eager"  # the library's default (sdpa), not the materialised attention
+    input_ids = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(input_ids)
+    mask[1, 11:] = 0
+    with torch.no_grad():
+        fast = model(input_ids=input_ids, attention_mask=mask).logits
+        with eager_attention(model):
+            assert attention_implementation(model) == "eager"
+            eager = model(input_ids=input_ids, attention_mask=mask).logits
+    assert attention_implementation(model) == default
+    real = mask.bool()
+    assert (fast[real] - eager[real]).abs().max().item() <= 1e-5
+    neurons_only = loaded.adapter.register_capture(0, [NEURONS], lambda n, t: None)
+    assert attention_implementation(model) == default
+    pattern = [h for layer in (0, 1) for h in loaded.adapter.register_capture(layer, [ATTN_PATTERN], lambda n, t: None)]
+    assert attention_implementation(model) == "eager"
+    pattern[0].remove()
+    pattern[0].remove()  # removing twice releases once
+    assert attention_implementation(model) == "eager"  # layer 1 still reads probabilities
+    for handle in [*pattern, *neurons_only]:
+        handle.remove()
+    assert attention_implementation(model) == default
 
 
 def test_head_edit_zeroes_one_head(toy_model_dir):

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from neuronbench.adapters.attention_impl import eager_attention
 from neuronbench.attention import (AttentionConfig, AttentionUnit, attention_figure_data, attention_unit_scores,
                                    capture_ssm, head_attention, iter_hidden_attention, layer_hidden_attention,
                                    mix, relevant_tokens, rollout)
@@ -117,7 +118,7 @@ def test_gpt2_head_attention_is_the_models_output_attentions(toy_model_dir):
     loaded = load(toy_model_dir("gpt2"))
     ids = random_ids(2, 12)
     windows = windows_of(ids, [12, 9])
-    with torch.no_grad():
+    with torch.no_grad(), eager_attention(loaded.model):
         reference = loaded.model(input_ids=ids, attention_mask=windows.attention_mask,
                                  output_attentions=True).attentions
     seen = unit_pass(loaded.model, loaded.adapter, [0, 1], TransformerHeads.kinds, ids, windows.attention_mask)
@@ -206,7 +207,7 @@ def test_head_scores_equal_brute_force(toy_model_dir):
     sums = {name: torch.zeros(n_layers, heads, dtype=torch.float64) for name in SCORE_NAMES}
     for ids in windows:
         length = ids.shape[1]
-        with torch.no_grad():
+        with torch.no_grad(), eager_attention(loaded.model):
             probs = [p[0].double() for p in loaded.model(input_ids=ids, output_attentions=True).attentions]
         writes = residual_writes(loaded, ids, {l: loaded.adapter.attention_out_module(l) for l in range(n_layers)})
         final = abnar_zuidema_rollout([p.mean(0) for p in probs])[-1]

@@ -6,14 +6,15 @@ A concrete family (GPT-2, OPT, Llama, GPT-NeoX) only names its module paths.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from neuronbench.adapters.base import ArchitectureAdapter, Tap, TensorEdit
+from neuronbench.adapters.attention_impl import hold_eager
+from neuronbench.adapters.base import ArchitectureAdapter, Sink, Tap, TensorEdit
 from neuronbench.errors import CaptureError
 from neuronbench.names import ATTN_HEADS, ATTN_PATTERN, NEURONS
 
@@ -63,8 +64,9 @@ class TransformerAdapter(ArchitectureAdapter):
             probabilities = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if probabilities is None:
                 raise CaptureError(
-                    f"layer {layer} attention returned no probabilities: load the model with "
-                    "attn_implementation='eager' (neuronbench.models.load_model does by default)"
+                    f"layer {layer} attention returned no probabilities: run the forward pass with "
+                    "adapter.forward_kwargs(kinds) (output_attentions=True) while the capture hooks "
+                    "are registered (they switch the model to eager attention)"
                 )
             return {ATTN_PATTERN: probabilities}
 
@@ -84,6 +86,20 @@ class TransformerAdapter(ArchitectureAdapter):
             return (heads.flatten(-2), *inputs[1:])
 
         return module.register_forward_pre_hook(pre_hook)
+
+    def register_capture(self, layer: int, kinds: Iterable[str], sink: Sink) -> list[RemovableHandle]:
+        """As the base class; reading ``attn.pattern`` also switches the model to eager attention
+        until the returned handles are removed (:mod:`neuronbench.adapters.attention_impl`)."""
+        kinds = tuple(kinds)
+        handles = super().register_capture(layer, kinds, sink)
+        if ATTN_PATTERN in kinds:
+            try:
+                handles.append(hold_eager(self.model))
+            except Exception:
+                for handle in handles:
+                    handle.remove()
+                raise
+        return handles
 
     def forward_kwargs(self, kinds) -> dict:
         return {"output_attentions": True} if ATTN_PATTERN in set(kinds) else {}
