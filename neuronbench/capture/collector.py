@@ -122,7 +122,7 @@ class StatisticsCollector:
         if kind == NEURONS:
             self.stats[layer].update_neurons(tensor, self._batch)
         else:
-            self.stats[layer].update_delta(tensor, self._batch.real)
+            self.stats[layer].update_delta(tensor, self._batch)
         self._seen.add(name)
 
     def end_batch(self) -> None:

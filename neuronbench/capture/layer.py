@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic
+from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, activity
 from neuronbench.capture.moments import Moments
 from neuronbench.capture.positions import Positions
 from neuronbench.capture.ssm import DeltaMoments
@@ -54,8 +54,8 @@ class LayerStatistics:
             )
         acts = acts.float()
         flat = batch.flat(acts)
-        view = LayerBatch(acts=acts, flat=flat, active=flat > self.threshold, threshold=self.threshold,
-                          batch=batch)
+        view = LayerBatch(acts=acts, flat=flat, weights=activity(flat, self.threshold), threshold=self.threshold,
+                          batch=batch, windowed=self.positions is not None)
         for statistic in self.statistics:
             statistic.update(view)
 
@@ -67,8 +67,8 @@ class LayerStatistics:
         if self.trigram_counts is not None:
             self.trigram_counts.add(batch.trigram_ids, active, batch.trigram)
 
-    def update_delta(self, delta: torch.Tensor, mask: torch.Tensor) -> None:
-        self.delta.update(delta, mask)
+    def update_delta(self, delta: torch.Tensor, batch: BatchContext) -> None:
+        self.delta.update(delta, batch)
 
     def result(self) -> dict[str, np.ndarray]:
         """Every array as numpy (consumes the count tables)."""

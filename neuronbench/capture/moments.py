@@ -8,6 +8,12 @@ array                       shape                definition
 ``sum``, ``sum_sq``         ``[W]``              ``Σ a``, ``Σ a²`` (float64 totals)
 ``max``, ``min``            ``[W]``              extremes of ``a``
 ==========================  ===================  ==============================================
+
+Each batch is reduced in float32 (counts as matmuls of the 0/1 mask; sums by torch's pairwise
+summation) and only the per-batch results are added to the float64 / int64 totals. When every
+window of the batch is full and the positional statistics already computed the per-window
+sufficient statistics (:class:`~neuronbench.capture.batch.WindowMoments`, float64 window sums),
+the sums and extremes are read from those instead of reducing the batch again.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import LayerBatch
+from neuronbench.capture.batch import LayerBatch, activity, column_counts
 
 
 class Moments:
@@ -37,14 +43,23 @@ class Moments:
     def update(self, view: LayerBatch) -> None:
         flat, a = view.flat, self.totals
         self.n_tokens += flat.shape[0]
-        a["active_count"] += torch.count_nonzero(view.active, dim=0)
+        if flat.shape[0] == 0:
+            return
+        a["active_count"] += column_counts(view.weights)
         for i, tau in enumerate(self.sweep):
-            a["sweep_count"][i] += torch.count_nonzero(flat > tau, dim=0)
-        a["sum"] += flat.sum(0, dtype=torch.float64)
-        a["sum_sq"] += (flat * flat).sum(0).double()  # one batch in float32 (all terms ≥ 0), totals in float64
-        if flat.shape[0]:
-            torch.maximum(a["max"], flat.amax(0).double(), out=a["max"])
-            torch.minimum(a["min"], flat.amin(0).double(), out=a["min"])
+            mask = view.weights if tau == view.threshold else activity(flat, tau)
+            a["sweep_count"][i] += column_counts(mask)
+        if view.windowed and view.batch.all_real:
+            windows = view.window_moments
+            total, total_sq = windows.total.sum(0), windows.sum_sq.sum(0)
+            largest, smallest = windows.max.amax(0), windows.min.amin(0)
+        else:
+            total, total_sq = flat.sum(0).double(), (flat * flat).sum(0).double()
+            largest, smallest = flat.amax(0), flat.amin(0)
+        a["sum"] += total
+        a["sum_sq"] += total_sq
+        torch.maximum(a["max"], largest.double(), out=a["max"])
+        torch.minimum(a["min"], smallest.double(), out=a["min"])
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: value.cpu().numpy() for name, value in self.totals.items()}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import LayerBatch
+from neuronbench.capture.batch import LayerBatch, WindowMoments
 
 
 def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
@@ -24,18 +24,11 @@ def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
 
     ``r = Σ_t (t − t̄)(a_t − ā) / sqrt(Σ_t (t − t̄)² · Σ_t (a_t − ā)²)`` over the T positions of
     a window; defined as 0 where the neuron is constant within the window (``max == min``, an
-    exact test). Computed in float64 (a score near 0 must stay exact to 1e-6 relative); returns
-    ``[n, W]`` float64.
+    exact test). The numerator ``Σ_t (t − t̄) a_t`` is one float64 matmul, the spread is summed
+    in float32 around the float64 window mean (:class:`~neuronbench.capture.batch.WindowMoments`);
+    returns ``[n, W]`` float64.
     """
-    x = windows.double()
-    positions = torch.arange(x.shape[1], dtype=torch.float64, device=x.device)
-    positions = positions - positions.mean()
-    centred = x - x.mean(dim=1, keepdim=True)
-    numerator = torch.einsum("t,ntw->nw", positions, centred)
-    denominator = positions.norm() * centred.norm(dim=1)
-    varying = x.amax(dim=1) > x.amin(dim=1)
-    r = numerator / denominator.clamp_min(torch.finfo(torch.float64).tiny)
-    return torch.where(varying, r, 0.0)
+    return WindowMoments.of(windows.float()).pearson()
 
 
 class Positions:
@@ -58,9 +51,9 @@ class Positions:
         a = self.totals
         self.n_windows += windows.shape[0]
         a["pos_tokens"] += windows.shape[0]
-        a["pos_active"] += torch.count_nonzero(view.full_active, dim=0)
-        a["pos_sum"] += windows.sum(0, dtype=torch.float64)
-        a["pearson_sum"] += pearson_with_position(windows).sum(0)
+        a["pos_active"] += view.full_weights.sum(0).long()  # ≤ batch size terms: exact in float32
+        a["pos_sum"] += view.window_moments.position_total
+        a["pearson_sum"] += view.window_moments.pearson().sum(0)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: value.cpu().numpy() for name, value in self.totals.items()}

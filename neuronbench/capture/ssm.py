@@ -7,12 +7,20 @@ array                       shape                definition
 ``log_delta_sum_sq``        ``[D]``              ``Σ (log Δ)²``
 ``log_delta_max``, ``_min`` ``[D]``              extremes of ``log Δ``
 ==========================  ===================  ==============================================
+
+``log Δ`` is taken in float32 (Δ > 0 is a softplus output). Each batch is reduced in float32
+around a per-channel pivot ``c`` (the first batch's float32 mean): ``Σ (x − c)`` and
+``Σ (x − c)²`` are small where ``x`` is near ``c``, so their float32 rounding does not swamp
+the spread that :func:`neuronbench.detectors.delta.log_delta_spread` takes from the raw sums,
+``Σ x = Σ (x − c) + n·c`` and ``Σ x² = Σ (x − c)² + 2c·Σ (x − c) + n·c²`` (float64).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from neuronbench.capture.batch import BatchContext
 
 
 class DeltaMoments:
@@ -22,26 +30,39 @@ class DeltaMoments:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.n_tokens = 0
+        self.pivot: torch.Tensor | None = None
         self.totals: dict[str, torch.Tensor] = {}
 
-    def update(self, delta: torch.Tensor, mask: torch.Tensor) -> None:
-        """Fold ``log Δ`` of the real positions (``mask [B, T]``) of ``delta [B, T, D]``."""
-        log_delta = delta[mask].double().log()
+    def update(self, delta: torch.Tensor, batch: BatchContext) -> None:
+        """Fold ``log Δ`` of the real positions of ``delta [B, T, D]``."""
+        log_delta = batch.flat(delta).float().log()
+        if log_delta.shape[0] == 0:
+            return
         a = self.totals
-        if not a:
+        if self.pivot is None:
             d, dev = log_delta.shape[-1], self.device
+            self.pivot = log_delta.mean(0)
             a.update(
-                log_delta_sum=torch.zeros(d, dtype=torch.float64, device=dev),
-                log_delta_sum_sq=torch.zeros(d, dtype=torch.float64, device=dev),
+                shifted_sum=torch.zeros(d, dtype=torch.float64, device=dev),
+                shifted_sum_sq=torch.zeros(d, dtype=torch.float64, device=dev),
                 log_delta_max=torch.full((d,), -torch.inf, dtype=torch.float64, device=dev),
                 log_delta_min=torch.full((d,), torch.inf, dtype=torch.float64, device=dev),
             )
         self.n_tokens += log_delta.shape[0]
-        a["log_delta_sum"] += log_delta.sum(0)
-        a["log_delta_sum_sq"] += log_delta.square().sum(0)
-        if log_delta.shape[0]:
-            torch.maximum(a["log_delta_max"], log_delta.max(0).values, out=a["log_delta_max"])
-            torch.minimum(a["log_delta_min"], log_delta.min(0).values, out=a["log_delta_min"])
+        shifted = log_delta - self.pivot
+        a["shifted_sum"] += shifted.sum(0).double()
+        a["shifted_sum_sq"] += (shifted * shifted).sum(0).double()
+        torch.maximum(a["log_delta_max"], log_delta.amax(0).double(), out=a["log_delta_max"])
+        torch.minimum(a["log_delta_min"], log_delta.amin(0).double(), out=a["log_delta_min"])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: value.cpu().numpy() for name, value in self.totals.items()}
+        if self.pivot is None:
+            return {}
+        a, c, n = self.totals, self.pivot.double(), self.n_tokens
+        raw = {
+            "log_delta_sum": a["shifted_sum"] + n * c,
+            "log_delta_sum_sq": a["shifted_sum_sq"] + 2 * c * a["shifted_sum"] + n * c * c,
+            "log_delta_max": a["log_delta_max"],
+            "log_delta_min": a["log_delta_min"],
+        }
+        return {name: value.cpu().numpy() for name, value in raw.items()}
