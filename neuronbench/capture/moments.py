@@ -9,8 +9,8 @@ array                       shape                definition
 ``max``, ``min``            ``[W]``              extremes of ``a``
 ==========================  ===================  ==============================================
 
-Each batch is reduced in float32 (counts as matmuls of the 0/1 mask; sums by torch's pairwise
-summation) and only the per-batch results are added to the float64 / int64 totals. When every
+Each batch is reduced in float32 (counts as matmuls of the 0/1 mask; sums around a pivot,
+:func:`shifted_sums`) and only the per-batch results are added to the float64 / int64 totals. When every
 window of the batch is full and the positional statistics already computed the per-window
 sufficient statistics (:class:`~neuronbench.capture.batch.WindowMoments`, float64 window sums),
 the sums and extremes are read from those instead of reducing the batch again.
@@ -22,6 +22,16 @@ import numpy as np
 import torch
 
 from neuronbench.capture.batch import LayerBatch, activity, column_counts
+
+
+def shifted_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ a, Σ a²)`` per column of ``flat [n, W]`` (float64), summed in float32 around the first
+    row ``p``: ``Σ a = Σ (a − p) + n·p``, ``Σ a² = Σ (a − p)² + 2p·Σ (a − p) + n·p²``. The float32
+    rounding is relative to the spread around ``p``, not to ``|a|``: exact for a constant neuron."""
+    pivot = flat[0]
+    shifted = flat - pivot
+    s1, s2, p, n = shifted.sum(0).double(), (shifted * shifted).sum(0).double(), pivot.double(), flat.shape[0]
+    return s1 + n * p, s2 + 2 * p * s1 + n * p * p
 
 
 class Moments:
@@ -54,7 +64,7 @@ class Moments:
             total, total_sq = windows.total.sum(0), windows.sum_sq.sum(0)
             largest, smallest = windows.max.amax(0), windows.min.amin(0)
         else:
-            total, total_sq = flat.sum(0).double(), (flat * flat).sum(0).double()
+            total, total_sq = shifted_sums(flat)
             largest, smallest = flat.amax(0), flat.amin(0)
         a["sum"] += total
         a["sum_sq"] += total_sq
