@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from fixtures.workspace import ABLATION_TYPES
+from fixtures.workspace import ABLATION_CAPTURE, ABLATION_TYPES
 from results.baselines import check_against_baseline
 
 pytestmark = pytest.mark.ablation
@@ -18,7 +18,8 @@ MODES = ("zero", "mean")
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("neuron_type", list(ABLATION_TYPES))
+@pytest.mark.parametrize("neuron_type", [pytest.param(name, marks=ABLATION_CAPTURE[name]) if name in ABLATION_CAPTURE
+                                         else name for name in ABLATION_TYPES])
 def test_ablation(workspace, record, neuron_type, mode):
     condition = workspace.ablation_condition(neuron_type, mode)
     runner = workspace.ablation_runner

@@ -24,6 +24,7 @@ def counts_of(detections) -> dict[str, int]:
 
 
 @pytest.mark.dead
+@pytest.mark.capture()
 def test_dead(workspace, record):
     dead = workspace.detections("dead")
     figure_1a, figure_1b = dead_percent(dead), alive_mean_frequency(dead)
@@ -38,6 +39,7 @@ def test_dead(workspace, record):
 
 
 @pytest.mark.dead
+@pytest.mark.capture()
 def test_rarely_active(workspace, record):
     rare = workspace.detections("rarely_active")
     count = sum(int(d.indices.size) for d in rare.values())
@@ -49,6 +51,7 @@ def test_rarely_active(workspace, record):
 @pytest.mark.dead
 @pytest.mark.positional
 @pytest.mark.ngram
+@pytest.mark.capture("positional", "token_counts")
 def test_type_overlaps(workspace, record):
     overlaps = type_overlaps({name: workspace.detections(name) for name in OVERLAP_TYPES})
     metrics = {}

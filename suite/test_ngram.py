@@ -14,6 +14,7 @@ from neuronbench.detectors.figures import new_tokens, token_detectors_per_layer,
 pytestmark = pytest.mark.ngram
 
 
+@pytest.mark.capture("token_counts")
 def test_token_detecting(workspace, record):
     token, dead = workspace.detections("token"), workspace.detections("dead")
     count = sum(int(d.indices.size) for d in token.values())
@@ -27,6 +28,7 @@ def test_token_detecting(workspace, record):
                               "fig3b": covered, "fig4": new_tokens(token)}})
 
 
+@pytest.mark.capture("token_counts", "trigrams")
 def test_trigram(workspace, record):
     trigram = workspace.trigram_detections
     count = sum(int(d.indices.size) for d in trigram.values())

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-pytestmark = pytest.mark.perplexity
+pytestmark = [pytest.mark.perplexity, pytest.mark.capture()]
 
 METHODS = {
     "sliding": lambda workspace: workspace.ablation_runner.baseline(),

@@ -15,7 +15,7 @@ from dataclasses import replace
 from neuronbench.detectors.figures import position_profiles
 from neuronbench.detectors.result import highest
 
-pytestmark = pytest.mark.positional
+pytestmark = [pytest.mark.positional, pytest.mark.capture("positional")]
 METHODS = {"mi": "positional", "pearson": "positional_pearson"}
 FIGURE_NEURONS = 4
 

@@ -156,3 +156,43 @@ def test_builtin_models_hold_their_committed_baselines(tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
     assert result.returncode == 0, result.stdout[-5000:]
     assert " passed" in result.stdout and "failed" not in result.stdout.splitlines()[-1]
+
+
+MOMENTS = {"active_count", "sweep_count", "sum", "sum_sq", "max", "min"}
+
+
+def cached_arrays(cache: Path) -> tuple[set[str], set[str]]:
+    """``(per-layer array names, global array names)`` of the one statistics file in ``cache``."""
+    (path,) = cache.glob("*.npz")
+    with np.load(path) as arrays:
+        names = set(arrays.files) - {"metadata"}
+    return {n.split("/", 1)[1] for n in names if n.startswith("layer")}, {n for n in names if "/" not in n}
+
+
+def test_k_dead_computes_what_its_cases_read_and_no_trigrams(toy, tmp_path):
+    """``-k dead`` also selects the overlap case and the dead+positional ablation, which read the
+    positional and per-token statistics; no selected case reads the trigram index."""
+    selected = run_suite("--model", toy["gpt2"], "-k", "dead", "--cache-dir", str(tmp_path / "cache"),
+                         "--out", str(tmp_path / "out"))
+    assert selected.returncode == 0, selected.stdout
+    per_layer, shared = cached_arrays(tmp_path / "cache")
+    assert {"pos_active", "pearson_sum", "token_active_tier0"} <= per_layer
+    assert not {name for name in per_layer | shared if name.startswith("trigram")}
+
+
+def test_dead_cases_compute_only_the_moments_and_a_wider_selection_recomputes(toy, tmp_path):
+    cache = ["--model", toy["mamba"], "--cache-dir", str(tmp_path / "cache")]
+    moments = run_suite(*cache, "-m", "dead and not positional", "--out", str(tmp_path / "a"))
+    assert moments.returncode == 0, moments.stdout
+    cases = {r["case"].split("::")[1].split("[")[0] for r in results(tmp_path / "a")["records"]}
+    assert cases == {"test_dead", "test_rarely_active"}
+    per_layer, shared = cached_arrays(tmp_path / "cache")
+    assert per_layer == MOMENTS and shared == set()  # no positions, per-token, trigram or Δ statistics
+    wider = run_suite(*cache, "-m", "statistics or positional", "-k", "not overlaps", "--out", str(tmp_path / "b"))
+    assert wider.returncode == 0, wider.stdout
+    (statistics,) = [r for r in results(tmp_path / "b")["records"] if r["analysis"] == "statistics"]
+    assert statistics["metrics"]["cache_hit"] is False  # the moments-only cache does not serve it
+    files = sorted((tmp_path / "cache").glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    assert len(files) == 2
+    with np.load(files[-1]) as arrays:
+        assert "layer0/pos_active" in arrays.files and "layer0/token_active_tier0" not in arrays.files

@@ -18,7 +18,7 @@ on another (default ``test``); the results record both.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,21 +90,26 @@ class AblationResult:
         }
 
 
+STATELESS_MODES = ("zero",)
+"""Ablation modes that need no activation statistics."""
+
+
 class AblationRunner:
     """Evaluates conditions of one model on one prepared evaluation set, with caching.
 
-    ``stats`` are the analysis split's statistics (needed for mean-ablation); ``seeds`` the
-    random-control seeds (:func:`~neuronbench.ablation.controls.resolve_seeds`).
+    ``stats`` are the analysis split's statistics (needed for mean-ablation), or a function that
+    computes them, called on the first mean-ablation only; ``seeds`` the random-control seeds
+    (:func:`~neuronbench.ablation.controls.resolve_seeds`).
     """
 
     def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, evaluation: Evaluation,
-                 stats: ActivationStatistics | None = None,
+                 stats: ActivationStatistics | Callable[[], ActivationStatistics] | None = None,
                  seeds: int | Sequence[int] = DEFAULT_SEEDS, batch_size: int = DEFAULT_BATCH_SIZE,
                  analysis_split: str = "train", progress: bool = False) -> None:
         self.model = model
         self.adapter = adapter
         self.evaluation = evaluation
-        self.stats = stats
+        self._stats = stats
         self.seeds = resolve_seeds(seeds)
         self.batch_size = batch_size
         self.analysis_split = analysis_split
@@ -113,13 +118,21 @@ class AblationRunner:
         self._cache: dict[tuple, PerplexityResult] = {}
 
     @property
+    def stats(self) -> ActivationStatistics | None:
+        """The analysis split's statistics (computed on first use when given as a function)."""
+        if callable(self._stats):
+            self._stats = self._stats()
+        return self._stats
+
+    @property
     def evaluations(self) -> int:
         """Number of distinct evaluations run so far (forward passes over the data)."""
         return len(self._cache)
 
     def _run(self, key: tuple, neurons: NeuronSetLike, mode: str, unit: str) -> PerplexityResult:
         if key not in self._cache:
-            with ablated(self.adapter, neurons, mode, unit, self.stats):
+            stats = None if mode in STATELESS_MODES else self.stats
+            with ablated(self.adapter, neurons, mode, unit, stats):
                 self._cache[key] = self.evaluation.evaluate(self.model, self.batch_size, self.progress)
         return self._cache[key]
 

@@ -96,7 +96,8 @@ class WindowMoments:
 class BatchContext:
     """What every layer needs to know about the current batch (flat = real positions, row-major).
 
-    ``real [B, T]``, ``full [B]`` (windows without padding), ``all_real``; for the token table the
+    ``real [B, T]``, ``full [B]`` (windows without padding) and their number ``n_full`` (the one
+    host synchronisation of a batch); for the token table the
     kept positions split by count tier (``parts``); for trigrams the flat mask ``trigram``
     (trigram positions), the flat indices ``skipped`` (kept positions that are not trigram
     positions) and the id of each trigram position's trigram.
@@ -104,11 +105,16 @@ class BatchContext:
 
     real: torch.Tensor
     full: torch.Tensor
-    all_real: bool
+    n_full: int
     parts: list[TierPart] | None = None
     trigram: torch.Tensor | None = None
     skipped: torch.Tensor | None = None
     trigram_ids: np.ndarray | None = None
+
+    @property
+    def all_real(self) -> bool:
+        """Every position of the batch is real (every window is full)."""
+        return self.n_full == self.real.shape[0]
 
     def flat(self, tensor: torch.Tensor) -> torch.Tensor:
         """``[B, T, ...]`` -> ``[n_real, ...]`` (a view when every position is real)."""
