@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fixtures.workspace import safe_name
+from neuronbench.capture import ActivationStatistics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--max-tokens", "1024", "--eval-max-tokens", "600", "--analysis-window", "32", "--max-length", "64",
@@ -161,23 +162,23 @@ def test_builtin_models_hold_their_committed_baselines(tmp_path):
 MOMENTS = {"active_count", "sweep_count", "sum", "sum_sq", "max", "min"}
 
 
-def cached_arrays(cache: Path) -> tuple[set[str], set[str]]:
-    """``(per-layer array names, global array names)`` of the one statistics file in ``cache``."""
-    (path,) = cache.glob("*.npz")
+def cached_arrays(cache: Path, model: str) -> tuple[set[str], set[str]]:
+    """``(per-layer array names, global statistics arrays)`` of the one statistics file of ``model``."""
+    (path,) = cache.glob(f"{safe_name(model)}-*.npz")
     with np.load(path) as arrays:
-        names = set(arrays.files) - {"metadata"}
-    return {n.split("/", 1)[1] for n in names if n.startswith("layer")}, {n for n in names if "/" not in n}
+        names = set(arrays.files)
+    return ({n.split("/", 1)[1] for n in names if n.startswith("layer")},
+            names & set(ActivationStatistics.GLOBAL_ARRAYS))
 
 
-def test_k_dead_computes_what_its_cases_read_and_no_trigrams(toy, tmp_path):
+def test_k_dead_computes_what_its_cases_read_and_no_trigrams(toy):
     """``-k dead`` also selects the overlap case and the dead+positional ablation, which read the
-    positional and per-token statistics; no selected case reads the trigram index."""
-    selected = run_suite("--model", toy["gpt2"], "-k", "dead", "--cache-dir", str(tmp_path / "cache"),
-                         "--out", str(tmp_path / "out"))
-    assert selected.returncode == 0, selected.stdout
-    per_layer, shared = cached_arrays(tmp_path / "cache")
-    assert {"pos_active", "pearson_sum", "token_active_tier0"} <= per_layer
-    assert not {name for name in per_layer | shared if name.startswith("trigram")}
+    positional and per-token statistics; no selected case reads the trigram index or Δ."""
+    listed = run_suite("--model", toy["mamba"], "-k", "dead", "--collect-only")
+    assert listed.returncode == 0, listed.stdout
+    assert f"neuronbench capture parts for {toy['mamba']}: moments, positional, token_counts\n" in listed.stdout
+    alone = run_suite("--model", toy["mamba"], "-m", "dead and not positional", "--collect-only")
+    assert f"neuronbench capture parts for {toy['mamba']}: moments\n" in alone.stdout
 
 
 def test_dead_cases_compute_only_the_moments_and_a_wider_selection_recomputes(toy, tmp_path):
@@ -186,13 +187,13 @@ def test_dead_cases_compute_only_the_moments_and_a_wider_selection_recomputes(to
     assert moments.returncode == 0, moments.stdout
     cases = {r["case"].split("::")[1].split("[")[0] for r in results(tmp_path / "a")["records"]}
     assert cases == {"test_dead", "test_rarely_active"}
-    per_layer, shared = cached_arrays(tmp_path / "cache")
+    per_layer, shared = cached_arrays(tmp_path / "cache", toy["mamba"])
     assert per_layer == MOMENTS and shared == set()  # no positions, per-token, trigram or Δ statistics
     wider = run_suite(*cache, "-m", "statistics or positional", "-k", "not overlaps", "--out", str(tmp_path / "b"))
     assert wider.returncode == 0, wider.stdout
     (statistics,) = [r for r in results(tmp_path / "b")["records"] if r["analysis"] == "statistics"]
     assert statistics["metrics"]["cache_hit"] is False  # the moments-only cache does not serve it
-    files = sorted((tmp_path / "cache").glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    files = sorted((tmp_path / "cache").glob(f"{safe_name(toy['mamba'])}-*.npz"), key=lambda p: p.stat().st_mtime)
     assert len(files) == 2
     with np.load(files[-1]) as arrays:
         assert "layer0/pos_active" in arrays.files and "layer0/token_active_tier0" not in arrays.files
