@@ -255,6 +255,12 @@ def test_runner_evaluates_each_distinct_set_once(toy_model_dir):
     # baseline, {1,2}, two controls (shared by a, b, c: same counts), {3,4}; empty set = baseline
     assert runner.evaluations == 5 and len(forwards) == 5 * per_evaluation
     assert results[0].ppl == results[1].ppl and results[3].ppl == results[3].baseline_ppl
+    records = [result.to_record() for result in results]
+    assert [r["controls_shared_with"] for r in records] == [[], ["a"], ["a", "b"], []]
+    assert [r["control_evaluations_run"] for r in records] == [2, 0, 0, 0]  # the empty set's are the baseline
+    assert len({r["controls_key"] for r in records[:3]}) == 1 and records[3]["controls_key"] != records[0]["controls_key"]
+    wider = runner.run(Condition("d", {0: [1, 2, 3]}))  # other counts: other controls
+    assert wider.to_record()["controls_shared_with"] == [] and wider.to_record()["control_evaluations_run"] == 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,12 +12,19 @@ For a condition with perplexity ``p`` and baseline ``p_0``::
     delta = p − p_0,    delta_rel = (p − p_0) / p_0
 
 and its controls (:mod:`neuronbench.ablation.controls`) give mean, std (ddof=1) and z.
+
+Random controls depend only on the seeds, the mode, the unit and the per-layer counts (the draw
+rule of :func:`~neuronbench.ablation.controls.random_control`), so conditions with equal
+per-layer counts have the very same controls: they are evaluated once and shared, and each
+result says so (:class:`ControlSharing`: the draw's key, the earlier conditions it shares them
+with, and how many control evaluations it ran itself).
 Neurons are meant to be found on the analysis split (default ``train``) and perplexity measured
 on another (default ``test``); the results record both.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,6 +58,28 @@ class Evaluation(Protocol):
 
 
 @dataclass(frozen=True)
+class ControlSharing:
+    """The experiment a condition's random controls are. ``key`` names the draw (mode, unit,
+    per-layer counts, seeds): equal keys are the same controls. ``shared_with``: the conditions
+    this runner ran earlier with the same key; ``new_evaluations``: control evaluations this
+    condition ran itself (0 when every control was already evaluated)."""
+
+    key: str
+    shared_with: tuple[str, ...]
+    new_evaluations: int
+
+    def to_record(self) -> dict:
+        return {"controls_key": self.key, "controls_shared_with": list(self.shared_with),
+                "control_evaluations_run": self.new_evaluations}
+
+
+def control_key(condition: Condition, seeds: Sequence[int]) -> str:
+    """A short name of the random-control draw of ``condition`` (see :class:`ControlSharing`)."""
+    draw = (condition.mode, condition.unit, sorted(counts(condition.neurons).items()), tuple(seeds))
+    return hashlib.sha256(repr(draw).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
 class AblationResult:
     """One condition against the baseline and its random controls."""
 
@@ -65,6 +94,7 @@ class AblationResult:
     analysis_split: str
     eval_split: str | None
     metric: dict
+    sharing: ControlSharing | None = None
 
     @property
     def delta(self) -> float:
@@ -86,6 +116,7 @@ class AblationResult:
             "control_ppls": list(self.controls.ppls), "z": self.controls.z,
             "seeds": list(self.controls.seeds), "tokens_scored": self.tokens_scored,
             "analysis_split": self.analysis_split, "eval_split": self.eval_split,
+            **({} if self.sharing is None else self.sharing.to_record()),
             **{k: v for k, v in self.metric.items() if k not in ("ppl", "tokens_scored", "split")},
         }
 
@@ -116,6 +147,7 @@ class AblationRunner:
         self.eval_split = evaluation.source.get("split")
         self.progress = progress
         self._cache: dict[tuple, PerplexityResult] = {}
+        self._control_users: dict[str, list[str]] = {}
 
     @property
     def stats(self) -> ActivationStatistics | None:
@@ -163,16 +195,28 @@ class AblationRunner:
         target = self.perplexity(condition.neurons, condition.mode, condition.unit).ppl
         return summarize_controls(target, self.seeds, ppls)
 
+    def shared_controls(self, condition: Condition) -> tuple[ControlSummary, ControlSharing]:
+        """:meth:`controls`, and how they are shared with the conditions run before."""
+        key = control_key(condition, self.seeds)
+        users = self._control_users.setdefault(key, [])
+        shared_with = tuple(dict.fromkeys(name for name in users if name != condition.name))
+        self.perplexity(condition.neurons, condition.mode, condition.unit)  # not counted as a control
+        before = self.evaluations
+        summary = self.controls(condition)
+        users.append(condition.name)
+        return summary, ControlSharing(key, shared_with, self.evaluations - before)
+
     def run(self, condition: Condition) -> AblationResult:
-        """The condition, its controls, and its deltas against the baseline."""
+        """The condition, its controls (shared where equal), and its deltas against the baseline."""
         base = self.baseline()
         result = self.perplexity(condition.neurons, condition.mode, condition.unit)
+        summary, sharing = self.shared_controls(condition)
         return AblationResult(
             condition=condition.name, mode=condition.mode, unit=condition.unit,
             n_neurons=counts(condition.neurons), ppl=result.ppl, baseline_ppl=base.ppl,
-            controls=self.controls(condition), tokens_scored=result.n_tokens,
+            controls=summary, tokens_scored=result.n_tokens,
             analysis_split=self.analysis_split, eval_split=self.eval_split,
-            metric={**self.evaluation.source, **result.to_record()},
+            metric={**self.evaluation.source, **result.to_record()}, sharing=sharing,
         )
 
     def run_all(self, conditions: Iterable[Condition]) -> list[AblationResult]:
