@@ -1,0 +1,80 @@
+"""GPU checks run by ``benchmarks/gpu_check.sh`` (each prints one summary line, exits non-zero on failure).
+
+* ``capture``: the statistics of a capture on CUDA equal those on the CPU (toy GPT-2 and Mamba,
+  float32; counts exact, floats within 1e-4 relative: GPU kernels sum in another order), and
+  default (SDPA / flash) attention agrees with eager attention, which a pattern read switches on.
+* ``oom``: the batch probe (:func:`neuronbench.batching.fit_batch_size`) backs off from a batch
+  that does not fit (a GPT-2-small shape, 1024-token windows) and the capture then runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuronbench.adapters.attention_impl import attention_implementation, eager_attention
+from neuronbench.batching import fit_batch_size
+from neuronbench.capture import CaptureConfig, capture_statistics
+from neuronbench.data import TokenWindows
+from neuronbench.models import load_model
+from neuronbench.toy import build_toy_model
+
+
+def windows(vocab: int, n: int, length: int) -> TokenWindows:
+    ids = torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[-1, length // 2:] = 0
+    return TokenWindows(ids, mask, int(mask.sum()))
+
+
+def check_capture(root: Path) -> str:
+    notes = []
+    for family in ("gpt2", "mamba"):
+        directory = str(build_toy_model(family, root / family))
+        data = windows(300, 9, 64)
+        stats = {device: capture_statistics((m := load_model(directory, device=device, dtype="float32")).model,
+                                            m.adapter, data, CaptureConfig(batch_size=4), progress=False)
+                 for device in ("cpu", "cuda")}
+        for layer in stats["cpu"].layers:
+            cpu, gpu = stats["cpu"].layer(layer), stats["cuda"].layer(layer)
+            assert cpu.keys() == gpu.keys(), (family, layer)
+            for name in cpu:
+                if np.issubdtype(cpu[name].dtype, np.integer):
+                    np.testing.assert_array_equal(gpu[name], cpu[name], err_msg=f"{family} {layer} {name}")
+                else:
+                    np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-4, atol=1e-5, err_msg=f"{family} {layer} {name}")
+        if family == "gpt2":
+            loaded = load_model(directory, device="cuda", dtype="float32")
+            ids = data.input_ids[:2].cuda()
+            with torch.no_grad():
+                fast = loaded.model(input_ids=ids).logits
+                with eager_attention(loaded.model):
+                    eager = loaded.model(input_ids=ids).logits
+            error = (fast - eager).abs().max().item()
+            assert error < 1e-3, error
+            notes.append(f"{attention_implementation(loaded.model)} vs eager logits max |Δ| {error:.1e}")
+    return "CUDA capture equals CPU capture (gpt2, mamba); " + "; ".join(notes)
+
+
+def check_oom(root: Path) -> str:
+    shape = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
+    loaded = load_model(str(build_toy_model("gpt2", root / "big", **shape)), device="cuda", dtype="bfloat16")
+    asked = 8192
+    ids = torch.randint(0, 50257, (asked, 1024))
+    chosen = fit_batch_size(loaded.model, ids, torch.ones_like(ids), asked)
+    assert chosen < asked, "the probe did not back off: the batch fitted"
+    small = TokenWindows(ids[: 2 * chosen], torch.ones_like(ids[: 2 * chosen]), 2 * chosen * 1024)
+    capture_statistics(loaded.model, loaded.adapter, small, CaptureConfig(batch_size=asked, token_counts=False,
+                                                                          trigrams=False), progress=False)
+    return f"batch {asked} x 1024 tokens backed off to {chosen}; capture of {small.n_tokens} tokens ran"
+
+
+CHECKS = {"capture": check_capture, "oom": check_oom}
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory() as root:
+        print(CHECKS[sys.argv[1]](Path(root)))

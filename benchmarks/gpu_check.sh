@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Prepared GPU check (issue 10), at most 8 minutes on one GPU; prints one table at the end.
+#   bash benchmarks/gpu_check.sh            (from the repository root, project venv active)
+# Steps: CUDA-vs-CPU capture and attention checks, the capture benchmark on GPT-2-small and
+# mamba-130m shapes in bf16 and fp32 (ratios vs a plain forward), the OOM back-off, and the
+# default suite on the built-in models with --device cuda. Each step has its own time limit.
+set -u
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+logs=$(mktemp -d)
+rows=()
+
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s)
+  timeout "$limit" "$@" >"$logs/$name.log" 2>&1
+  rc=$?
+  local status="ok"
+  [ $rc -eq 124 ] && status="TIMEOUT (${limit} s)"
+  [ $rc -ne 0 ] && [ $rc -ne 124 ] && status="FAILED (rc $rc)"
+  rows+=("| $name | $status | $(( $(date +%s) - start )) s | $(grep -v '^\s*$' "$logs/$name.log" | tail -n 1 | cut -c1-160) |")
+}
+
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { echo "no CUDA device: nothing to check"; exit 1; }
+step capture-equals-cpu 60 python benchmarks/gpu_check.py capture
+step bench-fp32 110 python benchmarks/bench_capture.py --device cuda --dtype float32
+step bench-bf16 110 python benchmarks/bench_capture.py --device cuda --dtype bfloat16
+step oom-backoff 60 python benchmarks/gpu_check.py oom
+step suite-cuda 120 python -m pytest suite --device cuda --no-cache --out "$logs/suite" -p no:cacheprovider -q
+
+echo
+echo "| step | status | time | last line |"
+echo "| --- | --- | --- | --- |"
+printf '%s\n' "${rows[@]}"
+echo
+for bench in bench-fp32 bench-bf16; do echo "## $bench"; grep '^|' "$logs/$bench.log"; done
+echo "logs: $logs"
