@@ -73,9 +73,10 @@ class ControlSharing:
                 "control_evaluations_run": self.new_evaluations}
 
 
-def control_key(condition: Condition, seeds: Sequence[int]) -> str:
-    """A short name of the random-control draw of ``condition`` (see :class:`ControlSharing`)."""
-    draw = (condition.mode, condition.unit, sorted(counts(condition.neurons).items()), tuple(seeds))
+def control_key(condition: Condition, unit: str, seeds: Sequence[int]) -> str:
+    """A short name of the random-control draw of ``condition`` with its unit resolved for the
+    model (``unit``: Mamba's heads are its channels), see :class:`ControlSharing`."""
+    draw = (condition.mode, unit, sorted(counts(condition.neurons).items()), tuple(seeds))
     return hashlib.sha256(repr(draw).encode()).hexdigest()[:12]
 
 
@@ -197,7 +198,7 @@ class AblationRunner:
 
     def shared_controls(self, condition: Condition) -> tuple[ControlSummary, ControlSharing]:
         """:meth:`controls`, and how they are shared with the conditions run before."""
-        key = control_key(condition, self.seeds)
+        key = control_key(condition, resolve_unit(self.adapter, condition.unit).name, self.seeds)
         users = self._control_users.setdefault(key, [])
         shared_with = tuple(dict.fromkeys(name for name in users if name != condition.name))
         self.perplexity(condition.neurons, condition.mode, condition.unit)  # not counted as a control
