@@ -17,6 +17,9 @@ from pathlib import Path
 from neuronbench.errors import ConfigError
 
 DEFAULT_MODELS = ("tiny-gpt2", "tiny-mamba")
+DEFAULT_KNOCKOUTS = ("last<-previous:4", "all<-first:4")
+"""Default ``--knockout`` patterns (:mod:`neuronbench.attention.knockout`): the last token loses
+its 4 preceding tokens; every token loses the first 4."""
 SEED_MODELS = ("gpt2", "mamba-130m", "mamba-370m", "mamba-790m", "mamba-1.4b", "mamba-2.8b")
 
 
@@ -40,8 +43,12 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     seeds: int = 5
-    attention_windows: int = 4
+    attention_windows: int = 0
+    attention_budget: float = 600.0
+    attention_memory: float = 2.0
     attention_scope: str = "layer"
+    knockouts: tuple[str, ...] = DEFAULT_KNOCKOUTS
+    knockout_windows: int = 64
     top_k: int = 10
     pruning_ratio: float = 0.1
     top_contexts: int = 20
@@ -132,6 +139,17 @@ def choice(*allowed: str) -> Check:
     return check
 
 
+def knockout_specs(flag: str, value: object) -> None:
+    """Syntax of each ``TARGETS<-SOURCES`` knockout pattern."""
+    from neuronbench.attention.knockout import parse_knockout
+
+    for spec in value:
+        try:
+            parse_knockout(spec, [0])
+        except ConfigError as error:
+            raise _bad(flag, spec, str(error)) from None
+
+
 def layer_spec(flag: str, value: object) -> None:
     """Syntax of a layer selection (the range is checked against each model when it loads)."""
     from neuronbench.adapters.base import layer_ranges
@@ -197,10 +215,19 @@ OPTIONS: tuple[Option, ...] = (
            check=integer(2, " (the random controls report a standard deviation)")),
     Option("--top-k", "top_k", int, "neurons kept by top-k analyses (default 10)",
            check=integer(1)),
-    Option("--attention-windows", "attention_windows", int, "analysis windows scored for attention units (default 4)",
-           check=integer(1)),
+    Option("--attention-windows", "attention_windows", int, "at most this many analysis windows for attention "
+           "scores (default 0: all, within --attention-budget)", check=integer(0, ", or 0 for all windows")),
+    Option("--attention-budget", "attention_budget", float, "seconds per model for attention scores; windows are "
+           "scored in a seeded random order until it is spent (default 600; 0: no limit)", check=real(0.0)),
+    Option("--attention-memory", "attention_memory", float, "GiB for one layer's hidden-attention blocks (default 2)",
+           check=real(0.0, open_low=True)),
     Option("--attention-scope", "attention_scope", str, "top-k attention units per 'layer' (default) or 'global' "
            "(on scores divided by their layer's mean)", check=choice("layer", "global")),
+    Option("--knockout", "knockouts", str, "attention knockout TARGETS<-SOURCES (repeatable): targets last or all, "
+           "sources earlier, first:k or previous:k (default: last<-previous:4, all<-first:4)", repeat=True,
+           check=knockout_specs),
+    Option("--knockout-windows", "knockout_windows", int, "evaluation windows an attention knockout is measured on "
+           "(default 64)", check=integer(1)),
     Option("--pruning-ratio", "pruning_ratio", float, "fraction of neurons the pruning condition removes (default 0.1)",
            check=real(0.0, 1.0, open_low=True, open_high=True)),
     Option("--top-contexts", "top_contexts", int, "top-activating contexts kept per neuron for neuron pages (default 20)",
@@ -242,4 +269,6 @@ def run_config_from(values: dict) -> RunConfig:
         chosen["max_tokens"] = None
     if "models" in chosen:
         chosen["models"] = tuple(chosen["models"]) or DEFAULT_MODELS
+    if "knockouts" in chosen:
+        chosen["knockouts"] = tuple(chosen["knockouts"]) or DEFAULT_KNOCKOUTS
     return RunConfig(**chosen)

@@ -23,7 +23,7 @@ from neuronbench.errors import NeuronbenchError
 from neuronbench.storage import ensure_writable_dir, remove_stale_temporaries
 from results import outputs
 from results.lock import RunLock
-from results.summary import summary_table
+from results.summary import sampling_notes, summary_table
 
 RECORD_KEY = "neuronbench_record"
 SCHEMA_VERSION = 1
@@ -124,6 +124,8 @@ class ResultsCollector:
         if self.records:
             terminalreporter.section("neuronbench summary")
             terminalreporter.write_line(summary_table(self.records))
+            for note in sampling_notes(self.records):
+                terminalreporter.write_line(note)
             terminalreporter.write_line(f"outputs: {self.out.resolve()}")
 
 

@@ -23,3 +23,15 @@ def summary_table(records: list[dict]) -> str:
         for r in records
     ]
     return tabulate(rows, headers=["model", "analysis", "type", "mode", "method", "metrics"], tablefmt="github")
+
+
+def sampling_notes(records: list[dict]) -> list[str]:
+    """One line per model whose attention scores read fewer than all analysis windows."""
+    notes = {}
+    for r in records:
+        metrics = r["metrics"]
+        if r["analysis"] == "attention" and metrics.get("windows_scored", 0) < metrics.get("windows_offered", 0):
+            notes[r["model"]] = (f"{r['model']}: attention scores read {metrics['windows_scored']} of "
+                                 f"{metrics['windows_offered']} analysis windows (stopped by {metrics['stopped_by']}; "
+                                 "raise --attention-budget or --attention-windows to read more)")
+    return list(notes.values())

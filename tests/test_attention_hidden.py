@@ -190,3 +190,14 @@ def test_bad_input_raises(change, error, match):
     arguments = change({"delta": delta, "b": b, "c": c, "a": a})
     with pytest.raises(error, match=match):
         iter_hidden_attention(**arguments)
+
+
+def test_first_query_streams_only_the_later_rows():
+    delta, b, c, a, _x = random_ssm(10, 3, 4, seed=5)
+    full = hidden_attention(delta, b, c, a)
+    blocks = list(iter_hidden_attention(delta, b, c, a, first_query=7, query_block=2))
+    assert [(blk.query_start, blk.query_stop) for blk in blocks] == [(7, 9), (9, 10)]
+    for blk in blocks:
+        assert torch.allclose(blk.alpha, full[:, blk.query_start : blk.query_stop, : blk.query_stop], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="first_query"):
+        iter_hidden_attention(delta, b, c, a, first_query=10)

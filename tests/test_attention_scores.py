@@ -8,6 +8,7 @@ import torch
 
 from neuronbench.attention import AttentionUnit, AttentionUnitScores, diversity_summary, unit_set
 from neuronbench.attention.hidden import AttentionBlock
+from neuronbench.attention.sampling import WindowSample
 from neuronbench.attention.scores import reduce_blocks
 from neuronbench.errors import CaptureError, ConfigError
 
@@ -57,7 +58,8 @@ def test_reduce_blocks_rejects_blocks_that_do_not_cover_every_query():
 def scores_of(per_layer: dict[int, dict[str, list[float]]]) -> AttentionUnitScores:
     layers = {layer: {name: np.asarray(values, dtype=float) for name, values in arrays.items()}
               for layer, arrays in per_layer.items()}
-    return AttentionUnitScores(family="toy", unit="head", layers=layers, n_tokens=10, n_windows=1, rollout_mass=0.5)
+    return AttentionUnitScores(family="toy", unit="head", layers=layers, n_tokens=10, n_windows=1, rollout_mass=0.5,
+                               sample=WindowSample(1, [0]))
 
 
 SCORES = scores_of({

@@ -44,6 +44,10 @@ class TransformerAdapter(ArchitectureAdapter):
     def neuron_module(self, layer: int) -> nn.Module:
         return self._block_part(layer, self.neuron_path)
 
+    def attention_module(self, layer: int) -> nn.Module:
+        """The attention module of ``layer`` (it calls the attention implementation)."""
+        return self._block_part(layer, self.attention_path)
+
     def attention_out_module(self, layer: int) -> nn.Module:
         """The attention output projection ``W_O`` of ``layer`` (its input is the heads)."""
         return self._block_part(layer, self.attention_out_path)
@@ -55,7 +59,7 @@ class TransformerAdapter(ArchitectureAdapter):
     def taps(self, layer: int) -> list[Tap]:
         return [
             Tap(self.neuron_module(layer), (NEURONS,), _first_input, pre=True),
-            Tap(self._block_part(layer, self.attention_path), (ATTN_PATTERN,), self._pattern(layer)),
+            Tap(self.attention_module(layer), (ATTN_PATTERN,), self._pattern(layer)),
             Tap(self._block_part(layer, self.attention_out_path), (ATTN_HEADS,), self._heads, pre=True),
         ]
 

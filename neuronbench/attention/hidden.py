@@ -279,29 +279,31 @@ def iter_hidden_attention(delta: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
                           channels: Sequence[int] | torch.Tensor | None = None, *,
                           memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
                           channel_block: int | None = None,
-                          query_block: int | None = None) -> Iterator[AttentionBlock]:
+                          query_block: int | None = None, first_query: int = 0) -> Iterator[AttentionBlock]:
     """Stream the hidden attention of ``channels`` (default all) of one sequence in blocks.
 
     ``delta`` ``[T, D]``, ``b``/``c`` ``[T, N]``, ``a`` ``[D, N]`` (any float dtype; computed in
-    float32). Blocks cover every (channel, query) pair exactly once: channel chunks in the order
-    of ``channels``, each with query blocks in order. See the module docstring for the formula,
-    the numerics and :func:`plan_chunks` for the block sizes. Inputs and sizes are checked
-    before the first block is made.
+    float32). Blocks cover every (channel, query) pair with query ``≥ first_query`` exactly once:
+    channel chunks in the order of ``channels``, each with query blocks in order. See the module
+    docstring for the formula, the numerics and :func:`plan_chunks` for the block sizes. Inputs
+    and sizes are checked before the first block is made.
     """
     _check_inputs(delta, b, c, a)
+    if not 0 <= first_query < delta.shape[0]:
+        raise ConfigError(f"first_query must lie in 0..{delta.shape[0] - 1}, got {first_query!r}")
     index = _channel_index(channels, delta.shape[1], delta.device)
     plan = plan_chunks(delta.shape[0], index.numel(), a.shape[1], memory_budget_bytes, channel_block, query_block)
-    return _blocks(delta.float(), b.float(), c.float(), a.float(), index, plan)
+    return _blocks(delta.float(), b.float(), c.float(), a.float(), index, plan, first_query)
 
 
 def _blocks(delta: torch.Tensor, b: torch.Tensor, c: torch.Tensor, a: torch.Tensor, index: torch.Tensor,
-            plan: ChunkPlan) -> Iterator[AttentionBlock]:
+            plan: ChunkPlan, first_query: int) -> Iterator[AttentionBlock]:
     length = delta.shape[0]
     for first in range(0, index.numel(), plan.channel_block):
         chunk = index[first : first + plan.channel_block]
         delta_t = delta[:, chunk].T.contiguous()
         inputs = _Chunk(delta_t.double().cumsum(dim=1), delta_t, a[chunk], b, c)
-        for start in range(0, length, plan.query_block):
+        for start in range(first_query, length, plan.query_block):
             stop = min(start + plan.query_block, length)
             yield AttentionBlock(chunk, start, stop, _block(inputs, start, stop))
 

@@ -61,11 +61,12 @@ from tqdm.auto import tqdm
 
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.adapters.base import parse_layers
-from neuronbench.attention.forward import unit_pass
+from neuronbench.attention.forward import UnitPass, unit_pass
 from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET, AttentionBlock, mix
 from neuronbench.attention.kinds import attention_units
-from neuronbench.attention.units import UnitWindow
-from neuronbench.capture import batches
+from neuronbench.attention.sampling import (DEFAULT_TIME_BUDGET_S, BudgetedWindows, WindowSample,
+                                           estimated_window_seconds)
+from neuronbench.attention.units import AttentionUnits, UnitWindow
 from neuronbench.data import TokenWindows
 from neuronbench.errors import CaptureError, ConfigError
 
@@ -86,13 +87,17 @@ class AttentionConfig:
     ``layers``: the analysed layers (``None``/``"all"``: all; rollout runs over exactly these, so
     keep all layers for a faithful rollout); ``rollout_mass``: see the module docstring;
     ``memory_budget_bytes``: extra memory for one layer's hidden attention;
-    ``batch_size``: windows per forward/backward pass.
+    ``batch_size``: windows per forward/backward pass; ``time_budget_s`` (``None``: no limit)
+    and ``max_windows`` (``None``: all): how many windows are scored
+    (:mod:`neuronbench.attention.sampling`).
     """
 
     layers: tuple[int, ...] | str | None = None
     rollout_mass: float = DEFAULT_ROLLOUT_MASS
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
     batch_size: int = 1
+    time_budget_s: float | None = DEFAULT_TIME_BUDGET_S
+    max_windows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -254,7 +259,8 @@ class LayerAccumulator:
 @dataclass
 class AttentionUnitScores:
     """Per-unit measures of every analysed layer: ``layers[l][name]`` is an array over the layer's
-    units for each name of :data:`UNIT_MEASURES`, plus ``unit_mean`` (``[U]`` or ``[U, d_h]``)."""
+    units for each name of :data:`UNIT_MEASURES`, plus ``unit_mean`` (``[U]`` or ``[U, d_h]``);
+    ``sample`` says which windows were scored."""
 
     family: str
     unit: str
@@ -262,6 +268,7 @@ class AttentionUnitScores:
     n_tokens: int
     n_windows: int
     rollout_mass: float
+    sample: WindowSample
 
     def measure(self, name: str) -> dict[int, np.ndarray]:
         """``{layer: per-unit array}`` of a measure of :data:`UNIT_MEASURES`."""
@@ -295,7 +302,7 @@ class AttentionUnitScores:
     def metadata(self) -> dict:
         return {"family": self.family, "unit": self.unit, "layers": sorted(self.layers),
                 "n_tokens": self.n_tokens, "n_windows": self.n_windows, "rollout_mass": self.rollout_mass,
-                "methods": list(SCORE_METHODS)}
+                "methods": list(SCORE_METHODS), **self.sample.to_record()}
 
 
 def _ranked(scores: dict[int, np.ndarray]) -> list[AttentionUnit]:
@@ -348,7 +355,9 @@ def attention_unit_scores(model: nn.Module, adapter: ArchitectureAdapter, window
     """Score every attention unit of ``config.layers`` on ``windows`` (module docstring).
 
     One forward and backward pass per batch; for Mamba the hidden attention of each layer and
-    window is streamed in blocks within ``config.memory_budget_bytes``.
+    window is streamed in blocks within ``config.memory_budget_bytes``. Windows are taken in a
+    seeded random order, as many as ``config.time_budget_s`` allows by the cost model of
+    :mod:`neuronbench.attention.sampling` (``scores.sample`` records them).
     """
     _check_config(config)
     if windows.n_tokens == 0:
@@ -359,28 +368,36 @@ def attention_unit_scores(model: nn.Module, adapter: ArchitectureAdapter, window
                     for layer in layers}
     device = next(model.parameters()).device
     n_tokens = n_windows = 0
-    total = -(-windows.input_ids.shape[0] // config.batch_size)
-    for input_ids, mask in tqdm(batches(windows, config.batch_size), total=total, desc="attention units",
-                                unit="batch", disable=not progress):
+    window_seconds = estimated_window_seconds(model, adapter, layers, windows.input_ids.shape[1])
+    chosen = BudgetedWindows(windows, config.batch_size, window_seconds, config.time_budget_s, config.max_windows)
+    for _rows, input_ids, mask in tqdm(chosen, total=len(chosen), desc="attention units", unit="batch",
+                                       disable=not progress):
         seen = unit_pass(model, adapter, layers, units.kinds, input_ids.to(device), mask.to(device))
         for row in range(input_ids.shape[0]):
             length = _real_length(mask[row])
             if length == 0:
                 continue
-            finals, means = {}, []
-            for layer in layers:
-                window = units.window(adapter, layer, seen, row, length, config.memory_budget_bytes)
-                reduced = reduce_blocks(window.blocks, accumulators[layer].n_units, length, window.values)
-                accumulators[layer].add(window, reduced)
-                finals[layer] = reduced.final_row
-                means.append(reduced.mean_attention)
-            relevant = relevant_tokens(rollout(means)[-1].clamp_min(0.0), config.rollout_mass)
-            for layer in layers:
-                accumulators[layer].add_rollout(finals[layer], relevant)
+            _score_window(units, adapter, layers, accumulators, seen, row, length, config)
             n_tokens += length
             n_windows += 1
     return AttentionUnitScores(
         family=adapter.family, unit=units.name,
         layers={layer: acc.result(n_tokens, n_windows) for layer, acc in accumulators.items()},
-        n_tokens=n_tokens, n_windows=n_windows, rollout_mass=config.rollout_mass,
+        n_tokens=n_tokens, n_windows=n_windows, rollout_mass=config.rollout_mass, sample=chosen.sample,
     )
+
+
+def _score_window(units: AttentionUnits, adapter: ArchitectureAdapter, layers: tuple[int, ...],
+                  accumulators: dict[int, LayerAccumulator], seen: UnitPass, row: int, length: int,
+                  config: AttentionConfig) -> None:
+    """Add one window (``row`` of the batch ``seen``) to every layer's accumulator."""
+    finals, means = {}, []
+    for layer in layers:
+        window = units.window(adapter, layer, seen, row, length, config.memory_budget_bytes)
+        reduced = reduce_blocks(window.blocks, accumulators[layer].n_units, length, window.values)
+        accumulators[layer].add(window, reduced)
+        finals[layer] = reduced.final_row
+        means.append(reduced.mean_attention)
+    relevant = relevant_tokens(rollout(means)[-1].clamp_min(0.0), config.rollout_mass)
+    for layer in layers:
+        accumulators[layer].add_rollout(finals[layer], relevant)
