@@ -44,7 +44,7 @@ class RunConfig:
     dtype: str = "auto"
     seeds: int = 5
     attention_windows: int = 0
-    attention_budget: float = 600.0
+    attention_budget: float = 60.0
     attention_memory: float = 2.0
     attention_scope: str = "layer"
     knockouts: tuple[str, ...] = DEFAULT_KNOCKOUTS
@@ -218,7 +218,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--attention-windows", "attention_windows", int, "at most this many analysis windows for attention "
            "scores (default 0: all, within --attention-budget)", check=integer(0, ", or 0 for all windows")),
     Option("--attention-budget", "attention_budget", float, "seconds per model for attention scores; windows are "
-           "scored in a seeded random order until it is spent (default 600; 0: no limit)", check=real(0.0)),
+           "scored in a seeded random order, as many as its cost model allows (default 60; 0: no limit)", check=real(0.0)),
     Option("--attention-memory", "attention_memory", float, "GiB for one layer's hidden-attention blocks (default 2)",
            check=real(0.0, open_low=True)),
     Option("--attention-scope", "attention_scope", str, "top-k attention units per 'layer' (default) or 'global' "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neuronbench.attention import AttentionConfig, attention_unit_scores
-from neuronbench.attention.sampling import (ALPHA_SECONDS, PASS_SECONDS, BudgetedWindows, allowed_windows,
+from neuronbench.attention.sampling import (ALPHA_SECONDS, PASS_SECONDS, SCAN_SECONDS, BudgetedWindows, allowed_windows,
                                            estimated_window_seconds, window_order)
 from neuronbench.data import TokenWindows
 from neuronbench.errors import ConfigError
@@ -63,7 +63,7 @@ def test_the_cost_model_by_hand(toy_model_dir, family):
     parameters = sum(p.numel() for p in loaded.model.parameters())
     expected = PASS_SECONDS * parameters * 16
     if family == "mamba":  # 2 layers of D = 64 channels, state 8
-        expected += ALPHA_SECONDS * 2 * 64 * 8 * 16**2
+        expected += SCAN_SECONDS * 2 * 16 + ALPHA_SECONDS * 2 * 64 * 8 * 16**2
     assert estimated_window_seconds(loaded.model, loaded.adapter, [0, 1], 16) == pytest.approx(expected, rel=1e-12)
 
 
