@@ -44,11 +44,11 @@ class RunConfig:
     dtype: str = "auto"
     seeds: int = 5
     attention_windows: int = 0
-    attention_budget: float = 60.0
+    attention_budget: float = 30.0
     attention_memory: float = 2.0
     attention_scope: str = "layer"
     knockouts: tuple[str, ...] = DEFAULT_KNOCKOUTS
-    knockout_windows: int = 64
+    knockout_windows: int = 16
     top_k: int = 10
     pruning_ratio: float = 0.1
     top_contexts: int = 20
@@ -218,7 +218,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--attention-windows", "attention_windows", int, "at most this many analysis windows for attention "
            "scores (default 0: all, within --attention-budget)", check=integer(0, ", or 0 for all windows")),
     Option("--attention-budget", "attention_budget", float, "seconds per model for attention scores; windows are "
-           "scored in a seeded random order, as many as its cost model allows (default 60; 0: no limit)", check=real(0.0)),
+           "scored in a seeded random order, as many as its cost model allows (default 30; 0: no limit)", check=real(0.0)),
     Option("--attention-memory", "attention_memory", float, "GiB for one layer's hidden-attention blocks (default 2)",
            check=real(0.0, open_low=True)),
     Option("--attention-scope", "attention_scope", str, "top-k attention units per 'layer' (default) or 'global' "
@@ -227,7 +227,7 @@ OPTIONS: tuple[Option, ...] = (
            "sources earlier, first:k or previous:k (default: last<-previous:4, all<-first:4)", repeat=True,
            check=knockout_specs),
     Option("--knockout-windows", "knockout_windows", int, "evaluation windows an attention knockout is measured on "
-           "(default 64)", check=integer(1)),
+           "(default 16)", check=integer(1)),
     Option("--pruning-ratio", "pruning_ratio", float, "fraction of neurons the pruning condition removes (default 0.1)",
            check=real(0.0, 1.0, open_low=True, open_high=True)),
     Option("--top-contexts", "top_contexts", int, "top-activating contexts kept per neuron for neuron pages (default 20)",

@@ -35,10 +35,6 @@ from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET
 from neuronbench.attention.knockout import Knockout, knocked_out, random_knockout
 from neuronbench.errors import ConfigError, NonFiniteLossError
 
-DEFAULT_KNOCKOUT_WINDOWS = 64
-"""Default number of evaluation windows a knockout is measured on (``--knockout-windows``)."""
-
-
 @dataclass(frozen=True)
 class KnockoutScore:
     """Summed next-token NLL over every prediction, and the next-token probability summed over
