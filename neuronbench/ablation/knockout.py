@@ -32,7 +32,7 @@ from torch import nn
 from neuronbench.ablation.controls import ControlSummary, resolve_seeds, summarize_controls
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET
-from neuronbench.attention.knockout import Knockout, knocked_out, random_knockout
+from neuronbench.attention.knockout import NO_KNOCKOUT, Knockout, knocked_out, random_knockout
 from neuronbench.errors import ConfigError, NonFiniteLossError
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class KnockoutRunner:
         if knockout is None:
             key = tuple(targets.nonzero().flatten().tolist())
             if key not in self._baselines:
-                self._baselines[key] = score_windows(self.model, self.sequences, targets, self.batch_size)
+                self._baselines[key] = self.score(NO_KNOCKOUT, targets)
             return self._baselines[key]
         with knocked_out(self.adapter, knockout, self.memory_budget_bytes):
             return score_windows(self.model, self.sequences, targets, self.batch_size)

@@ -19,7 +19,9 @@ targets ``last`` (``i = T − 1``) or ``all``; sources ``earlier`` (every ``j < 
 (:func:`random_knockout`) removes, in every target row, as many sources as the pattern does,
 drawn uniformly without replacement from ``0..i−1`` with ``numpy.random.default_rng((seed, T))``.
 
-Knockouts act on the sequence length ``T`` the layer sees, so they are meant for unpadded batches
+For transformers the whole model runs eager attention while a knockout is active (it needs the
+probabilities, which SDPA never forms); :data:`NO_KNOCKOUT` is the unablated model under the same
+implementation. Knockouts act on the sequence length ``T`` the layer sees, so they are meant for unpadded batches
 of equal-length sequences (:mod:`neuronbench.ablation.knockout` builds such windows).
 """
 
@@ -39,6 +41,7 @@ from torch import nn
 from transformers import AttentionInterface
 
 from neuronbench.adapters import ArchitectureAdapter
+from neuronbench.adapters.attention_impl import eager_attention
 from neuronbench.attention.heads import head_count
 from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET, iter_hidden_attention
 from neuronbench.errors import AnalysisUnavailableError, CaptureError, ConfigError
@@ -99,6 +102,10 @@ class Knockout:
             raise ConfigError(f"knockout {self.name!r}: the pair mask must be a bool [T, T] strictly below "
                               "the diagonal (a target can only lose earlier sources)")
         return mask
+
+
+NO_KNOCKOUT = Knockout("none", (), lambda length: torch.zeros(length, length, dtype=torch.bool))
+"""Nothing knocked out (the reference of every knockout)."""
 
 
 def parse_knockout(spec: str, layers: Sequence[int]) -> Knockout:
@@ -171,8 +178,18 @@ AttentionInterface.register(KNOCKOUT_ATTENTION, knockout_attention)
 
 @contextmanager
 def _knocked_heads(adapter: ArchitectureAdapter, knockout: Knockout) -> Iterator[None]:
+    """The whole model runs eager attention meanwhile (the probabilities and the additive causal
+    mask that eager attention uses are needed), the knocked-out layers :func:`knockout_attention`."""
     modules = [adapter.attention_module(layer) for layer in knockout.layers]
     saved = [module.config for module in modules]
+    with ExitStack() as stack:
+        stack.enter_context(eager_attention(adapter.model))
+        stack.enter_context(_swapped(modules, saved, knockout))
+        yield
+
+
+@contextmanager
+def _swapped(modules: list[nn.Module], saved: list, knockout: Knockout) -> Iterator[None]:
     try:
         for module in modules:
             config = copy.copy(module.config)
