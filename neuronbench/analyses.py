@@ -21,16 +21,24 @@ class NeuronType:
 
 
 NEURON_TYPES: dict[str, NeuronType] = {
-    "dead": NeuronType("dead", lambda c: {"eps": c.dead_freq}),
+    "dead": NeuronType("dead", lambda c: {"eps": c.dead_freq, "null_freq": c.dead_null_freq,
+                                          "warn_fraction": c.null_warn_fraction}),
     "rarely_active": NeuronType("rarely_active", lambda c: {"max_freq": c.rare_freq}),
-    "positional": NeuronType("positional", lambda c: {"min_mi": c.positional_mi}),
-    "positional_pearson": NeuronType("positional_pearson", lambda c: {"min_abs_r": c.positional_r}),
+    "positional": NeuronType("positional", lambda c: {"min_mi": c.positional_mi, "warn_fraction": c.null_warn_fraction,
+                                                      "extreme": c.positional_extreme}),
+    "positional_pearson": NeuronType("positional_pearson", lambda c: {"min_abs_r": c.positional_r,
+                                                                      "warn_fraction": c.null_warn_fraction,
+                                                                      "extreme": c.positional_extreme}),
     "token": NeuronType("token", lambda c: {"max_tokens": c.token_max_unigrams, "coverage": c.ngram_coverage,
-                                            "min_occurrences": c.min_occurrences}),
-    "delta": NeuronType("delta", lambda c: {"top_k": c.top_k}, ssm_only=True),
+                                            "min_occurrences": c.min_occurrences,
+                                            "occurrence_rate": c.token_occurrence_rate,
+                                            "covered_share": c.token_covered_share,
+                                            "warn_fraction": c.null_warn_fraction}),
+    "delta": NeuronType("delta", lambda c: {"top_k": c.top_k, "warn_fraction": c.null_warn_fraction}, ssm_only=True),
 }
 
 
 def trigram_thresholds(config: RunConfig) -> dict:
     """Thresholds of the trigram detector (and of its candidate pass)."""
-    return {"coverage": config.ngram_coverage, "min_occurrences": config.min_occurrences}
+    return {"coverage": config.ngram_coverage, "min_occurrences": config.min_occurrences,
+            "occurrence_rate": config.token_occurrence_rate, "covered_share": config.token_covered_share}

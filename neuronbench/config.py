@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from neuronbench.activation import ACTIVATION_RULES
 from neuronbench.errors import ConfigError
 
 DEFAULT_MODELS = ("tiny-gpt2", "tiny-mamba")
@@ -43,6 +44,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     seeds: int = 5
+    control: str = "matched"
     attention_windows: int = 0
     attention_budget: float = 30.0
     attention_memory: float = 2.0
@@ -53,13 +55,19 @@ class RunConfig:
     pruning_ratio: float = 0.1
     top_contexts: int = 20
     page_neurons: int = 5
+    active: str | None = None
     threshold: float | None = None
     dead_freq: float = 0.0
+    dead_null_freq: float = 1e-3
+    null_warn_fraction: float = 0.1
     rare_freq: float = 0.05
     positional_mi: float = 0.05
     positional_r: float = 0.3
+    positional_extreme: float = 0.05
     ngram_coverage: float = 0.95
     token_max_unigrams: int = 5
+    token_occurrence_rate: float = 0.95
+    token_covered_share: float = 0.95
     min_occurrences: int = 5
     baseline_tolerance: float = 0.02
     out: str = "analysis_outputs"
@@ -81,7 +89,7 @@ class RunConfig:
 
     def analysis_key(self) -> dict:
         """The options that determine activation statistics (part of the disk-cache key)."""
-        keys = ("dataset", "analysis_split", "layers", "max_tokens", "analysis_window", "threshold")
+        keys = ("dataset", "analysis_split", "layers", "max_tokens", "analysis_window", "active", "threshold")
         return {key: getattr(self, key) for key in keys}
 
     def to_record(self) -> dict:
@@ -157,6 +165,14 @@ def layer_spec(flag: str, value: object) -> None:
     layer_ranges(value)
 
 
+def draw_rule_spec(flag: str, value: object) -> None:
+    """A draw rule of random controls (imported here: the ablation package imports the data module,
+    which imports this one)."""
+    from neuronbench.ablation.controls import DRAW_RULES
+
+    choice(*DRAW_RULES)(flag, value)
+
+
 def device_spec(flag: str, value: object) -> None:
     """A device that exists on this machine."""
     from neuronbench.models import check_device
@@ -213,6 +229,8 @@ OPTIONS: tuple[Option, ...] = (
            check=choice("auto", "float32", "bfloat16", "float16")),
     Option("--seeds", "seeds", int, "random-control seeds per ablation condition (default 5)",
            check=integer(2, " (the random controls report a standard deviation)")),
+    Option("--control", "control", str, "random controls of the dead/positional/token conditions: matched (alive "
+           "neurons with the same activation-frequency distribution, default) or uniform", check=draw_rule_spec),
     Option("--top-k", "top_k", int, "neurons kept by top-k analyses (default 10)",
            check=integer(1)),
     Option("--attention-windows", "attention_windows", int, "at most this many analysis windows for attention "
@@ -234,20 +252,34 @@ OPTIONS: tuple[Option, ...] = (
            check=integer(1)),
     Option("--page-neurons", "page_neurons", int, "neurons per detector and model that get a page (default 5)",
            check=integer(1)),
-    Option("--threshold", "threshold", float, "activation threshold τ (default: the adapter's, 0)",
-           check=real()),
+    Option("--active", "active", str, "activation rule: positive (a > τ) or magnitude (|a| > τ·layer scale); "
+           "default: the model family's (positive for OPT, magnitude for GPT-2, NeoX, Llama, Mamba)",
+           check=choice(*ACTIVATION_RULES)),
+    Option("--threshold", "threshold", float, "activation threshold τ (default: the rule's, 0 for positive, "
+           "0.5 for magnitude; ≥ 0 for magnitude)", check=real()),
     Option("--dead-freq", "dead_freq", float, "ε: dead iff activation frequency ≤ ε (default 0)",
            check=FRACTION),
+    Option("--dead-null-freq", "dead_null_freq", float, "ρ₀: the dead detector's null is an alive neuron active on "
+           "this share of tokens; it sets the minimum sample (default 0.001: 4603 tokens)",
+           check=real(0.0, 1.0, open_low=True, open_high=True)),
+    Option("--null-warn-fraction", "null_warn_fraction", float, "warn when a detection's expected false positives "
+           "exceed this share of its findings (default 0.1)", check=FRACTION),
     Option("--rare-freq", "rare_freq", float, "rarely active iff 0 < freq < this (default 0.05)",
            check=FRACTION),
     Option("--positional-mi", "positional_mi", float, "positional iff I(act; pos) > this (default 0.05)",
            check=real(0.0, math.log(2))),
     Option("--positional-r", "positional_r", float, "Pearson positional iff |r| > this (default 0.3)",
            check=FRACTION),
+    Option("--positional-extreme", "positional_extreme", float, "δ: a strong positional neuron's frequency comes "
+           "within δ of 0 and of 1 (default 0.05)", check=real(0.0, 0.5, open_high=True)),
     Option("--ngram-coverage", "ngram_coverage", float, "coverage of activations by n-grams (default 0.95)",
            check=real(0.0, 1.0, open_low=True)),
     Option("--token-max-unigrams", "token_max_unigrams", int, "token-detecting iff unigram count ≤ this (default 5)",
            check=integer(1)),
+    Option("--token-occurrence-rate", "token_occurrence_rate", float, "a covered token: the neuron is active on at "
+           "least this share of its occurrences (default 0.95)", check=real(0.0, 1.0, open_low=True)),
+    Option("--token-covered-share", "token_covered_share", float, "token-detecting iff its covered tokens account "
+           "for at least this share of its activations (default 0.95)", check=real(0.0, 1.0, open_low=True)),
     Option("--min-occurrences", "min_occurrences", int, "occurrences a covered token needs (default 5)",
            check=integer(1)),
     Option("--baseline-tolerance", "baseline_tolerance", float, "relative tolerance of the baseline regression (default 0.02)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-HEADLINE = ("ppl", "word_perplexity", "bits_per_byte", "ppl_delta_rel", "z", "count", "percent", "top_score", "mean_distance", "n_neurons", "n_tokens")
+HEADLINE = ("ppl", "word_perplexity", "bits_per_byte", "ppl_delta_rel", "z", "count", "null_count", "percent", "top_score", "mean_distance", "n_neurons", "n_tokens")
 
 
 def headline(metrics: dict) -> str:
@@ -22,7 +22,14 @@ def summary_table(records: list[dict]) -> str:
         [r["model"], r["analysis"], r.get("neuron_type") or "", r.get("mode") or "", r["method"], headline(r["metrics"])]
         for r in records
     ]
-    return tabulate(rows, headers=["model", "analysis", "type", "mode", "method", "metrics"], tablefmt="github")
+    table = tabulate(rows, headers=["model", "analysis", "type", "mode", "method", "metrics"], tablefmt="github")
+    return "\n".join([table, *null_warnings(records)])
+
+
+def null_warnings(records: list[dict]) -> list[str]:
+    """One line per record whose detection warns that its findings are mostly expected noise."""
+    return [f"WARNING {r['model']} {r['analysis']}/{r['method']}: {r['metrics']['null_warning']}"
+            for r in records if r["metrics"].get("null_warning")]
 
 
 def sampling_notes(records: list[dict]) -> list[str]:

@@ -37,5 +37,6 @@ def test_ablation(workspace, record, neuron_type, mode):
     record(workspace, analysis="ablation", method=f"{mode}-ablation", neuron_type=neuron_type, mode=mode,
            metrics=metrics, neurons=condition.neurons, split=workspace.config.eval_split,
            tokens=metrics["tokens_scored"], seed=None, baseline_key=key,
-           thresholds={"pruning_ratio": workspace.config.pruning_ratio, "seeds": workspace.config.seeds},
+           thresholds={"pruning_ratio": workspace.config.pruning_ratio, "seeds": workspace.config.seeds,
+                       "control": metrics["control"]},
            figures={"ablation": {"condition": neuron_type}})

@@ -1,8 +1,9 @@
 """Dead and rarely active neurons (Voita et al. 2023 §3) and the overlaps between neuron types.
 
-Dead iff ``freq ≤ ε`` over all analysed tokens at threshold τ. Records Figure 1a (% dead per
-layer), 1b (mean frequency of the alive neurons), the τ sweep, and per layer the intersections
-of every pair of neuron types and of all of them.
+Dead iff ``freq ≤ ε`` over all analysed tokens under the model's activation rule at τ. Records
+Figure 1a (% dead per layer), 1b (mean frequency of the alive neurons), the τ sweep, per layer the
+share of activation mass ``Σ|a|`` carried by the dead neurons and each dead neuron's max |a|, and
+per layer the intersections of every pair of neuron types and of all of them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 
 from neuronbench.detectors import dead_fraction_sweep, type_overlaps
 from neuronbench.detectors.figures import alive_mean_frequency, dead_percent
+from neuronbench.detectors.null import null_metrics
 
 OVERLAP_TYPES = ("dead", "rarely_active", "positional", "token")
 
@@ -32,8 +34,11 @@ def test_dead(workspace, record):
     assert all(0 <= p <= 100 for p in figure_1a["dead_percent"])
     total = sum(d.width for d in dead.values())
     count = sum(int(d.indices.size) for d in dead.values())
+    mass = {f"layer{layer}:dead_mass_share": d.details["mass_share"] for layer, d in dead.items()}
+    peaks = {str(layer): {str(j): v for j, v in d.details["max_abs"].items()} for layer, d in dead.items()}
     record(workspace, analysis="dead", method="freq<=eps", neuron_type="dead",
-           metrics={"count": count, "percent": 100.0 * count / total, **counts_of(dead)},
+           metrics={"count": count, "percent": 100.0 * count / total, **counts_of(dead), **mass,
+                    "dead_max_abs": peaks, **null_metrics(dead)},
            thresholds=next(iter(dead.values())).thresholds, neurons=neurons_of(dead),
            figures={"dead": {"fig1a": figure_1a, "fig1b": figure_1b, "sweep": sweep}})
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from neuronbench.detectors.null import null_metrics
+
 pytestmark = [pytest.mark.delta, pytest.mark.capture("delta")]
 
 
@@ -17,7 +19,7 @@ def test_sensitivity(workspace, record):
         assert detection.indices.size == min(workspace.config.top_k, detection.width)
     record(workspace, analysis="delta", method=method, neuron_type="sensitive",
            metrics={"count": sum(int(d.indices.size) for d in found.values()),
-                    "top_score": float(max(d.scores.max() for d in found.values()))},
+                    "top_score": float(max(d.scores.max() for d in found.values())), **null_metrics(found)},
            thresholds=next(iter(found.values())).thresholds,
            neurons={layer: d.indices.tolist() for layer, d in found.items()},
            arrays={f"layer{layer}/delta_score": d.scores for layer, d in found.items()})

@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import pytest
 
+from neuronbench.detectors.null import null_metrics
+from neuronbench.detectors.projection import vocabulary_projection
 from neuronbench.detectors.figures import new_tokens, token_detectors_per_layer, tokens_covered, unigram_count_bins
 
 pytestmark = pytest.mark.ngram
+
+
+def token_detectors(workspace, token) -> dict:
+    """Per layer and token-detecting neuron: its covered tokens as strings and the rank of each among
+    the tokens its output direction promotes and suppresses (Voita §4.4)."""
+    loaded, out = workspace.loaded, {}
+    for layer, detection in token.items():
+        covered = detection.details["covered_tokens"]
+        ranks = vocabulary_projection(loaded.model, loaded.adapter, workspace.stats, layer, covered)
+        out[str(layer)] = {str(j): [{"token": loaded.tokenizer.decode([int(t)]), "id": int(t), **ranks[j][int(t)]}
+                                    for t in covered[j]] for j in covered}
+    return out
 
 
 @pytest.mark.capture("token_counts")
@@ -21,10 +35,11 @@ def test_token_detecting(workspace, record):
     covered = tokens_covered(token)
     record(workspace, analysis="ngram", method="unigram", neuron_type="token",
            metrics={"count": count, "tokens_covered": covered["cumulative"][-1] if covered["cumulative"] else 0,
+                    **null_metrics(token), "token_detectors": token_detectors(workspace, token),
                     **{f"layer{l}": int(d.indices.size) for l, d in token.items()}},
            thresholds=next(iter(token.values())).thresholds,
            neurons={layer: d.indices.tolist() for layer, d in token.items()},
-           figures={"ngram": {"fig2": unigram_count_bins(token, dead), "fig3a": token_detectors_per_layer(token),
+           figures={"ngram": {"fig2": unigram_count_bins(token, dead, workspace.loaded.adapter.num_layers), "fig3a": token_detectors_per_layer(token),
                               "fig3b": covered, "fig4": new_tokens(token)}})
 
 

@@ -13,6 +13,7 @@ import pytest
 from dataclasses import replace
 
 from neuronbench.detectors.figures import position_profiles
+from neuronbench.detectors.null import null_metrics
 from neuronbench.detectors.result import highest
 
 pytestmark = [pytest.mark.positional, pytest.mark.capture("positional")]
@@ -32,9 +33,9 @@ def test_positional(workspace, record, method):
     for layer, detection in found.items():
         assert np.isfinite(detection.scores).all(), f"layer {layer}: non-finite positional scores"
     count = sum(int(d.indices.size) for d in found.values())
-    types = [t for d in found.values() for t in d.details.get("types", {}).values()]
+    types = [f"{d.details['strength'][j]} {t}" for d in found.values() for j, t in d.details["types"].items()]
     record(workspace, analysis="positional", method=method, neuron_type="positional",
-           metrics={"count": count, **{f"layer{l}": int(d.indices.size) for l, d in found.items()},
+           metrics={"count": count, **{f"layer{l}": int(d.indices.size) for l, d in found.items()}, **null_metrics(found),
                     **{f"type:{t}": types.count(t) for t in sorted(set(types))}},
            thresholds=next(iter(found.values())).thresholds,
            neurons={layer: d.indices.tolist() for layer, d in found.items()},

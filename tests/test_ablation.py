@@ -270,7 +270,7 @@ def test_runner_evaluates_each_distinct_set_once(toy_model_dir):
 def synthetic_stats(sum_sq: list[float], n_tokens: int = 4) -> ActivationStatistics:
     arrays = {"sum_sq": np.asarray(sum_sq, dtype=np.float64), "sum": np.zeros(len(sum_sq))}
     return ActivationStatistics(layers={0: arrays}, n_tokens=n_tokens, n_windows=1, window=4,
-                                threshold=0.0, sweep=(), token_ids=None, token_occurrences=None,
+                                threshold=0.0, activation="positive", sweep=(), token_ids=None, token_occurrences=None,
                                 excluded_token_ids=())
 
 

@@ -42,7 +42,8 @@ def full_tensors(loaded, windows: TokenWindows, kinds) -> dict[str, torch.Tensor
 
 
 def naive_statistics(acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, tau: float,
-                     excluded: set[int]) -> dict[str, np.ndarray]:
+                     excluded: set[int], active=lambda a, tau: a > tau) -> dict[str, np.ndarray]:
+    """``active(a, τ)`` is the activation rule with its layer scale bound."""
     real = mask.bool()
     flat = acts[real]
     full = acts[real.all(dim=1)]
@@ -55,37 +56,49 @@ def naive_statistics(acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, 
                 pearson[j] += np.corrcoef(positions.numpy(), column.numpy())[0, 1]
     tokens = ids[real]
     token_active: dict[int, np.ndarray] = {}
-    for token, row in zip(tokens.tolist(), (flat > tau).numpy()):
+    for token, row in zip(tokens.tolist(), active(flat, tau).numpy()):
         if token not in excluded:
             token_active[token] = token_active.get(token, 0) + row.astype(np.int64)
     return {
-        "active_count": (flat > tau).sum(0).numpy(),
-        "sweep_count": np.stack([(flat > t).sum(0).numpy() for t in SWEEP]),
-        "sum": flat.sum(0).numpy(), "sum_sq": (flat ** 2).sum(0).numpy(),
+        "active_count": active(flat, tau).sum(0).numpy(),
+        "sweep_count": np.stack([active(flat, t).sum(0).numpy() for t in SWEEP]),
+        "sum": flat.sum(0).numpy(), "sum_sq": (flat ** 2).sum(0).numpy(), "abs_sum": flat.abs().sum(0).numpy(),
         "max": flat.max(0).values.numpy(), "min": flat.min(0).values.numpy(),
-        "pos_active": (full > tau).sum(0).numpy(), "pos_sum": full.sum(0).numpy(),
+        "pos_active": active(full, tau).sum(0).numpy(), "pos_sum": full.sum(0).numpy(),
         "pearson_sum": pearson, "token_active": token_active,
     }
 
 
-@pytest.mark.parametrize("family", ["gpt2", "mamba", "opt"])
-def test_streaming_statistics_equal_full_tensor_statistics(toy_model_dir, family):
+def naive_rule(rule: str, acts: torch.Tensor, mask: torch.Tensor, first_batch: int):
+    """The rule's mask with the layer scale of the first ``first_batch`` windows (median neuron RMS)."""
+    if rule == "positive":
+        return lambda a, tau: a > tau
+    scale = float(acts[:first_batch][mask[:first_batch].bool()].pow(2).mean(0).sqrt().median())
+    return lambda a, tau: a.abs() > tau * scale
+
+
+@pytest.mark.parametrize("family, rule", [("gpt2", "magnitude"), ("gpt2", "positive"), ("mamba", "magnitude"),
+                                          ("opt", "positive")])
+def test_streaming_statistics_equal_full_tensor_statistics(toy_model_dir, family, rule):
     loaded = load_model(str(toy_model_dir(family)), device="cpu", dtype="float32")
     windows = padded_windows(loaded.model.config.vocab_size, n_full=7, tail=5)
     excluded = {int(windows.input_ids[0, 0])}
-    config = CaptureConfig(threshold=0.01, sweep=SWEEP, exclude_token_ids=frozenset(excluded), batch_size=3)
+    config = CaptureConfig(activation=rule, threshold=0.01, sweep=SWEEP, exclude_token_ids=frozenset(excluded),
+                           batch_size=3)
     stats = capture_statistics(loaded.model, loaded.adapter, windows, config, progress=False)
+    assert stats.activation == rule
     kinds = [NEURONS, SSM_DELTA] if family == "mamba" else [NEURONS]
     reference = full_tensors(loaded, windows, kinds)
     assert stats.n_tokens == windows.n_tokens == 7 * WINDOW + 5
     assert stats.n_windows == 7
     for layer in range(loaded.adapter.num_layers):
         got = stats.layer(layer)
-        expected = naive_statistics(reference[act_name(layer, NEURONS)], windows.input_ids,
-                                    windows.attention_mask, 0.01, excluded)
+        acts = reference[act_name(layer, NEURONS)]
+        active = naive_rule(rule, acts, windows.attention_mask, first_batch=3)
+        expected = naive_statistics(acts, windows.input_ids, windows.attention_mask, 0.01, excluded, active)
         for name in ("active_count", "sweep_count", "pos_active"):
             np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-        for name in ("sum", "sum_sq", "max", "min", "pos_sum", "pearson_sum"):
+        for name in ("sum", "sum_sq", "abs_sum", "max", "min", "pos_sum", "pearson_sum"):
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-9, err_msg=name)
         np.testing.assert_array_equal(got["pos_tokens"], np.full(WINDOW, 7))
         rows = {int(t): i for i, t in enumerate(stats.token_ids)}

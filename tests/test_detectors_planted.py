@@ -22,6 +22,7 @@ from neuronbench.detectors import (
     detect_rarely_active,
     detect_token_detecting,
     detect_trigram,
+    positional_type,
     trigram_candidates,
     type_overlaps,
 )
@@ -174,9 +175,32 @@ def test_delta_sensitive_channels_are_the_planted_ones(found):
 def test_positional_types(found):
     for layer in (0, 1):
         columns = column_of(layer)
-        types = found["positional"][layer].details["types"]
-        assert types == {columns["step"][0]: "one extreme", columns["oscillating"][0]: "oscillatory",
-                         columns["both_ends"][0]: "both extremes"}
+        details = found["positional"][layer].details
+        assert details["types"] == {columns["step"][0]: "one extreme", columns["oscillating"][0]: "oscillatory",
+                                    columns["both_ends"][0]: "both extremes"}
+        assert set(details["strength"].values()) == {"strong"}  # every planted profile runs from 0 to 1
+
+
+POSITION = np.arange(64)
+HAND_MADE = {
+    "1→0 step": (np.where(POSITION < 20, 1.0, 0.0), ("one extreme", "strong")),
+    "0→1 step": (np.where(POSITION < 40, 0.02, 0.97), ("one extreme", "strong")),
+    "0.6→0.4 step": (np.where(POSITION < 20, 0.6, 0.4), ("one extreme", "weak")),
+    "0.3–0.5 ramp": (0.3 + 0.2 * POSITION / 63, ("gradual", "weak")),
+    "1→0 ramp": (1 - POSITION / 63, ("gradual", "strong")),
+    "0/1 square wave": (((POSITION // 8) % 2).astype(float), ("oscillatory", "strong")),
+    "0.45/0.55 wave": (0.45 + 0.1 * ((POSITION // 8) % 2), ("oscillatory", "weak")),
+    "both ends": (np.where((POSITION < 6) | (POSITION >= 58), 1.0, 0.0), ("both extremes", "strong")),
+    "both ends, weak": (np.where((POSITION < 6) | (POSITION >= 58), 0.7, 0.2), ("both extremes", "weak")),
+    "middle bump": (np.where((POSITION > 20) & (POSITION < 40), 1.0, 0.0), ("other", "strong")),
+    "flat": (np.full(64, 0.5), ("other", "weak")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_MADE))
+def test_positional_type_of_hand_made_profiles(name):
+    profile, expected = HAND_MADE[name]
+    assert positional_type(profile) == expected
 
 
 def test_covered_tokens_and_trigrams(found):
@@ -250,7 +274,11 @@ def test_figure_data(stats, found):
     assert figures.tokens_covered(found["token"]) == {"layers": [0, 1], "covered": [3, 2], "cumulative": [3, 4]}
     assert figures.new_tokens(found["token"]) == {"layers": [0, 1], "new_vs_all_earlier": [3, 1],
                                                  "new_vs_previous": [3, 1]}
-    bins = figures.unigram_count_bins(found["token"], found["dead"])
+    bins = figures.unigram_count_bins(found["token"], found["dead"], layers="all")
+    assert figures.unigram_count_bins(found["token"], found["dead"], num_layers=4)["layers"] == [0, 1]
+    assert figures.unigram_count_bins(found["token"], found["dead"], num_layers=2)["layers"] == [0]
+    with pytest.raises(ConfigError, match="num_layers"):
+        figures.unigram_count_bins(found["token"], found["dead"])
     assert bins["bins"][:3] == ["0", "1", "2-5"]
     # unigram count 1: token_a, trigram_a, half_token (+ token_b in layer 1); 2-5: trigram_bc (+ token_b in layer 0)
     for counts, expected in zip(bins["counts"], ([3, 2], [4, 1])):
@@ -269,6 +297,14 @@ def test_figure_data(stats, found):
         np.testing.assert_array_equal(entry["active_frequency"][step], (np.arange(T) < 8).astype(float))
         assert entry["types"][step] == "one extreme"
         assert all(value > 1 for value in entry["mean_activation"][step][:8])
+    per_layer = figures.positional_per_layer(found["positional"], num_layers=2)
+    assert per_layer["types"] == ["oscillatory", "both extremes", "one extreme", "gradual", "other"]
+    assert per_layer["counts"] == per_layer["strong"] == [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]
+    examples = figures.positional_type_examples(stats, found["positional"], per_type=1)
+    oscillating = examples["types"]["oscillatory"][0]
+    assert (oscillating["layer"], oscillating["neuron"]) == (0, column_of(0)["oscillating"][0])  # I = ln 2, layer 0 first
+    assert oscillating["strength"] == "strong" and oscillating["frequency"][:4] == [1.0] * 4
+    assert examples["types"]["gradual"] == [] and len(examples["types"]["one extreme"]) == 1
 
 
 @pytest.mark.parametrize("call, message", [

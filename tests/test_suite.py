@@ -16,7 +16,7 @@ from fixtures.workspace import safe_name
 from neuronbench.capture import ActivationStatistics
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--max-tokens", "1024", "--eval-max-tokens", "600", "--analysis-window", "32", "--max-length", "64",
+SMALL = ["--max-tokens", "1024", "--dead-null-freq", "0.005", "--eval-max-tokens", "600", "--analysis-window", "32", "--max-length", "64",
          "--seeds", "2", "-p", "no:cacheprovider", "--benchmark-disable", "-q"]
 VOLATILE = {"started", "cache_hit", "cache_note", "case_duration"}
 

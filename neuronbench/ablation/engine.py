@@ -32,7 +32,7 @@ from typing import Protocol
 from torch import nn
 
 from neuronbench.ablation.conditions import Condition
-from neuronbench.ablation.controls import (DEFAULT_SEEDS, ControlSummary, random_control,
+from neuronbench.ablation.controls import (DEFAULT_SEEDS, ControlSummary, draw_control, draw_rule,
                                            resolve_seeds, summarize_controls)
 from neuronbench.ablation.hooks import ablated, check_mode, checked_set, resolve_unit
 from neuronbench.ablation.neurons import NeuronSetLike, counts, pairs
@@ -73,10 +73,12 @@ class ControlSharing:
                 "control_evaluations_run": self.new_evaluations}
 
 
-def control_key(condition: Condition, unit: str, seeds: Sequence[int]) -> str:
+def control_key(condition: Condition, unit: str, seeds: Sequence[int], rule: str = "uniform") -> str:
     """A short name of the random-control draw of ``condition`` with its unit resolved for the
-    model (``unit``: Mamba's heads are its channels), see :class:`ControlSharing`."""
-    draw = (condition.mode, unit, sorted(counts(condition.neurons).items()), tuple(seeds))
+    model (``unit``: Mamba's heads are its channels), see :class:`ControlSharing`; a ``matched``
+    draw also depends on the condition's own neurons."""
+    own = sorted(pairs(condition.neurons)) if rule == "matched" else None
+    draw = (condition.mode, unit, sorted(counts(condition.neurons).items()), tuple(seeds), rule, own)
     return hashlib.sha256(repr(draw).encode()).hexdigest()[:12]
 
 
@@ -114,7 +116,7 @@ class AblationResult:
             "ppl": self.ppl, "baseline_ppl": self.baseline_ppl,
             "ppl_delta": self.delta, "ppl_delta_rel": self.delta_rel,
             "control_ppl_mean": self.controls.mean, "control_ppl_std": self.controls.std,
-            "control_ppls": list(self.controls.ppls), "z": self.controls.z,
+            "control_ppls": list(self.controls.ppls), "z": self.controls.z, "control": self.controls.rule,
             "seeds": list(self.controls.seeds), "tokens_scored": self.tokens_scored,
             "analysis_split": self.analysis_split, "eval_split": self.eval_split,
             **({} if self.sharing is None else self.sharing.to_record()),
@@ -129,15 +131,16 @@ STATELESS_MODES = ("zero",)
 class AblationRunner:
     """Evaluates conditions of one model on one prepared evaluation set, with caching.
 
-    ``stats`` are the analysis split's statistics (needed for mean-ablation), or a function that
-    computes them, called on the first mean-ablation only; ``seeds`` the random-control seeds
-    (:func:`~neuronbench.ablation.controls.resolve_seeds`).
+    ``stats`` are the analysis split's statistics (needed for mean-ablation and matched controls), or
+    a function that computes them, called when first needed; ``seeds`` the random-control seeds
+    (:func:`~neuronbench.ablation.controls.resolve_seeds`); ``control`` the draw rule of the
+    conditions that can be matched (:func:`~neuronbench.ablation.controls.draw_rule`).
     """
 
     def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, evaluation: Evaluation,
                  stats: ActivationStatistics | Callable[[], ActivationStatistics] | None = None,
                  seeds: int | Sequence[int] = DEFAULT_SEEDS, batch_size: int = DEFAULT_BATCH_SIZE,
-                 analysis_split: str = "train", progress: bool = False) -> None:
+                 analysis_split: str = "train", progress: bool = False, control: str = "matched") -> None:
         self.model = model
         self.adapter = adapter
         self.evaluation = evaluation
@@ -147,6 +150,7 @@ class AblationRunner:
         self.analysis_split = analysis_split
         self.eval_split = evaluation.source.get("split")
         self.progress = progress
+        self.control = control
         self._cache: dict[tuple, PerplexityResult] = {}
         self._control_users: dict[str, list[str]] = {}
 
@@ -191,14 +195,16 @@ class AblationRunner:
     def controls(self, condition: Condition) -> ControlSummary:
         """Random controls of ``condition`` over the runner's seeds."""
         widths = self.widths(condition.neurons, condition.unit)
-        ppls = [self.perplexity(random_control(condition.neurons, widths, seed), condition.mode,
+        rule = draw_rule(condition.name, condition.unit, self.control)
+        ppls = [self.perplexity(draw_control(rule, condition.neurons, widths, seed, self.stats), condition.mode,
                                 condition.unit).ppl for seed in self.seeds]
         target = self.perplexity(condition.neurons, condition.mode, condition.unit).ppl
-        return summarize_controls(target, self.seeds, ppls)
+        return summarize_controls(target, self.seeds, ppls, rule)
 
     def shared_controls(self, condition: Condition) -> tuple[ControlSummary, ControlSharing]:
         """:meth:`controls`, and how they are shared with the conditions run before."""
-        key = control_key(condition, resolve_unit(self.adapter, condition.unit).name, self.seeds)
+        key = control_key(condition, resolve_unit(self.adapter, condition.unit).name, self.seeds,
+                          draw_rule(condition.name, condition.unit, self.control))
         users = self._control_users.setdefault(key, [])
         shared_with = tuple(dict.fromkeys(name for name in users if name != condition.name))
         self.perplexity(condition.neurons, condition.mode, condition.unit)  # not counted as a control

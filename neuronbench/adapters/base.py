@@ -1,7 +1,8 @@
 """The architecture adapter interface: where the neurons of a model family live.
 
 An adapter knows, for one family of Hugging Face models, the number of layers, the neuron width
-per layer, the default activation threshold τ, how to *read* every named activation of
+per layer, its default activation rule (:mod:`neuronbench.activation`, with the reason in the
+adapter's docstring) and the rules that make no sense for it, how to *read* every named activation of
 :mod:`neuronbench.names` with forward hooks, and how to *replace* chosen neurons (or attention
 heads) in the very tensor they were found in. Adding an architecture means adding one adapter
 module to :mod:`neuronbench.adapters` and registering it there.
@@ -10,7 +11,7 @@ module to :mod:`neuronbench.adapters` and registering it there.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from neuronbench.activation import ActivationRule, resolve_rule
 from neuronbench.errors import AnalysisUnavailableError, CaptureError, LayerRangeError
 from neuronbench.names import act_name
 
@@ -71,8 +73,11 @@ class ArchitectureAdapter(ABC):
     model_types: ClassVar[tuple[str, ...]] = ()
     """``config.model_type`` values this adapter serves."""
 
-    default_threshold: ClassVar[float] = 0.0
-    """Default activation threshold τ: a neuron is active where ``a > τ``."""
+    activation_rule: ClassVar[str] = "positive"
+    """Default activation rule (:data:`neuronbench.activation.ACTIVATION_RULES`)."""
+
+    invalid_rules: ClassVar[Mapping[str, str]] = {}
+    """Rules that make no sense for this family, with the reason (asking for one is a usage error)."""
 
     has_ssm: ClassVar[bool] = False
     """True for state-space models that expose Δ, B, C, x (hidden attention, Δ-sensitivity)."""
@@ -106,6 +111,10 @@ class ArchitectureAdapter(ABC):
     def num_heads(self) -> int:
         """Attention heads per layer; :class:`AnalysisUnavailableError` for models without heads."""
         raise AnalysisUnavailableError(f"{self.family} models have no attention heads")
+
+    def activation(self, name: str | None = None) -> ActivationRule:
+        """The activation rule ``name`` (``None``: the family's default), checked for this family."""
+        return resolve_rule(name, self.activation_rule, self.invalid_rules, self.family)
 
     def check_layer(self, layer: int) -> int:
         """Return ``layer`` if valid, else raise :class:`LayerRangeError` naming the range."""

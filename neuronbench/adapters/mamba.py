@@ -10,6 +10,9 @@ The SSM internals are read at ``mixer.x_proj``, which is called as a module on e
 ``dt_proj`` itself is *not* called as a module by transformers' reference path, so Δ is
 recomputed here from ``dt`` and ``dt_proj``'s weights, exactly as the scan does. Channel ``d``
 of Δ, x, z is neuron ``d`` of the same layer.
+
+Activation rule: ``magnitude``; ``positive`` is invalid: ``y + D⊙x`` is signed, so the neuron
+fires in both signs (``a > 0`` holds on about half of the tokens of every neuron).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from neuronbench.names import NEURONS, SSM_B, SSM_C, SSM_DELTA, SSM_X, SSM_Z
 
 class MambaAdapter(ArchitectureAdapter):
     model_types = ("mamba",)
-    default_threshold = 0.0
+    activation_rule = "magnitude"
+    invalid_rules = {"positive": "its neurons (y + D⊙x)⊙silu(z) are signed (y + D⊙x is), so a > τ holds on "
+                                 "about half of the tokens of every neuron and calls half of its firing inactive"}
     has_ssm = True
 
     def blocks(self) -> Sequence[nn.Module]:

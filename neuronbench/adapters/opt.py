@@ -1,5 +1,8 @@
 """OPT: neurons are the post-ReLU input of ``fc2`` (Voita et al. 2023 analyse these).
 
+Activation rule: ``positive`` (``a > 0``), the paper's: after a ReLU, "active" is exactly
+"non-zero", and a neuron that is never positive writes nothing.
+
 OPT's decoder layer flattens the MLP input to ``[B·T, H]``; the adapter records each block's
 ``[B, T]`` on entry and restores ``[B, T, W]`` for the captured neuron tensor. Neuron edits see
 the flattened ``[B·T, W]`` tensor (neurons stay in the last dimension).
@@ -14,7 +17,7 @@ from neuronbench.names import NEURONS
 
 class OPTAdapter(TransformerAdapter):
     model_types = ("opt",)
-    default_threshold = 0.0
+    activation_rule = "positive"
     blocks_path = "model.decoder.layers"
     neuron_path = "fc2"
     attention_path = "self_attn"

@@ -2,7 +2,8 @@
 
 :class:`BatchContext` is computed once per batch for all layers (real positions, full windows,
 token rows, trigram ids); :class:`LayerBatch` once per layer and batch: the layer's activations,
-its activity mask (:func:`activity`, applied once and read by every statistic) and, when a
+its activity mask (the activation rule of :mod:`neuronbench.activation`, applied once and read by
+every statistic) and, when a
 statistic asks for them, per-window sufficient statistics (:class:`WindowMoments`) shared by the
 moments and the positional statistics.
 
@@ -22,17 +23,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from neuronbench.activation import Mask
+
 if TYPE_CHECKING:
     from neuronbench.capture.tokens import TierPart
 
 EXACT_ROWS = 1 << 24
 """float32 holds every integer up to 2**24 exactly: a sum of at most that many 0/1 terms is exact."""
-
-
-def activity(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The activity rule ``a > τ`` as a float32 0/1 tensor of the shape of ``values`` (the one
-    place the rule is applied; counts are sums or matmuls of it)."""
-    return torch.gt(values, threshold, out=torch.empty(values.shape, dtype=torch.float32, device=values.device))
 
 
 def column_counts(mask: torch.Tensor) -> torch.Tensor:
@@ -130,14 +127,16 @@ class BatchContext:
 @dataclass
 class LayerBatch:
     """One layer's activations in one batch: ``acts [B, T, W]`` (float32), ``flat [n_real, W]``
-    and the activity mask ``weights = activity(flat, τ)`` (float32 0/1), computed once for every
-    statistic. ``windowed``: a statistic reads :attr:`window_moments` (so the moments may too)."""
+    and the activity mask ``weights = mask(flat, τ)`` (float32 0/1; ``mask`` is the capture's
+    activation rule with the layer scale bound, :mod:`neuronbench.activation`), computed once for
+    every statistic. ``windowed``: a statistic reads :attr:`window_moments` (so the moments may too)."""
 
     acts: torch.Tensor
     flat: torch.Tensor
     weights: torch.Tensor
     threshold: float
     batch: BatchContext
+    mask: Mask
     windowed: bool = False
 
     @cached_property

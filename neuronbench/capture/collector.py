@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuronbench.adapters import ArchitectureAdapter
+from neuronbench.activation import resolve_threshold
 from neuronbench.adapters.base import parse_layers
 from neuronbench.batching import fit_batch_size
 from neuronbench.capture.batch import BatchContext
@@ -58,7 +59,9 @@ class StatisticsCollector:
         self.config = config
         self.vocab_size = vocab_size
         self.layers = parse_layers(config.layers, adapter.num_layers)
-        self.threshold = adapter.default_threshold if config.threshold is None else float(config.threshold)
+        self.rule = adapter.activation(config.activation)
+        self.threshold = resolve_threshold(self.rule, config.threshold)
+        scales = dict(config.scales or {})
         self.delta = adapter.has_ssm if config.delta is None else config.delta
         self.rows = TokenRows(vocab_size) if config.token_counts else None
         if config.trigram_neurons is not None and not config.trigrams:
@@ -75,6 +78,7 @@ class StatisticsCollector:
                         if self.rows is not None else None),
                 trigram_counts=TrigramCounts(chosen[layer], device) if layer in chosen else None,
                 top_k=config.top_activations,
+                rule=self.rule, scale=scales.get(layer),
             )
             for layer in self.layers
         }
@@ -164,6 +168,7 @@ class StatisticsCollector:
             n_windows=first.n_windows,
             window=first.window,
             threshold=self.threshold,
+            activation=self.rule.name,
             sweep=tuple(self.config.sweep),
             token_ids=None if rows is None else rows.token_ids.numpy(),
             token_occurrences=None if rows is None else rows.occurrences.numpy(),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from neuronbench.activation import ActivationRule, resolve_rule
 
 DEFAULT_SWEEP = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -12,7 +14,9 @@ DEFAULT_SWEEP = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 class CaptureConfig:
     """What one capture pass computes.
 
-    ``threshold`` is τ (``None``: the adapter's default); ``sweep`` the extra τ values for the
+    ``activation`` is the activation rule (:mod:`neuronbench.activation`; ``None``: the adapter's
+    default); ``threshold`` is τ (``None``: the rule's default); ``scales`` fixes the layer scales
+    ``s_l`` of a relative rule (``None``: each layer's first batch fixes it); ``sweep`` the extra τ values for the
     dead-neuron sweep; ``exclude_token_ids`` tokens left out of the per-token and trigram counts
     (BOS); ``delta`` reads Δ statistics (only for SSMs; ``None`` means "when the model has Δ");
     ``trigrams`` keeps the trigram index (and, with ``token_counts``, ``trigram_active_count``);
@@ -22,7 +26,9 @@ class CaptureConfig:
     """
 
     layers: tuple[int, ...] | str | None = None
+    activation: str | None = None
     threshold: float | None = None
+    scales: Mapping[int, float] | None = None
     sweep: tuple[float, ...] = DEFAULT_SWEEP
     positional: bool = True
     token_counts: bool = True
@@ -41,8 +47,13 @@ class NeuronLayout:
 
     num_layers: int
     width: int
-    default_threshold: float = 0.0
+    activation_rule: str = "positive"
+    invalid_rules: Mapping[str, str] = field(default_factory=dict)
     has_ssm: bool = False
+    family: str = "synthetic"
+
+    def activation(self, name: str | None = None) -> ActivationRule:
+        return resolve_rule(name, self.activation_rule, self.invalid_rules, self.family)
 
     def neuron_width(self, layer: int) -> int:
         return self.width

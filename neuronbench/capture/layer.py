@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, activity
+from neuronbench.activation import ActivationRule
+from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic
 from neuronbench.capture.moments import Moments
 from neuronbench.capture.positions import Positions
 from neuronbench.capture.ssm import DeltaMoments
@@ -21,13 +22,16 @@ class LayerStatistics:
 
     ``moments`` always; ``positions``, ``tokens`` (per-token table), ``trigram_counts`` and the
     top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
-    positional statistics).
+    positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
+    else fixed by the first batch.
     """
 
     def __init__(self, layer: int, width: int, threshold: float, sweep: tuple[float, ...], window: int,
                  device: torch.device, positions: bool = True, tokens: TokenStatistics | None = None,
-                 trigram_counts: TrigramCounts | None = None, top_k: int = 0) -> None:
+                 trigram_counts: TrigramCounts | None = None, top_k: int = 0, rule: ActivationRule | None = None,
+                 scale: float | None = None) -> None:
         self.layer, self.width, self.threshold, self.window = layer, width, threshold, window
+        self.rule, self.scale = rule, scale
         self.moments = Moments(width, sweep, device)
         self.positions = Positions(width, window, device) if positions else None
         self.tokens = tokens
@@ -54,8 +58,11 @@ class LayerStatistics:
             )
         acts = acts.float()
         flat = batch.flat(acts)
-        view = LayerBatch(acts=acts, flat=flat, weights=activity(flat, self.threshold), threshold=self.threshold,
-                          batch=batch, windowed=self.positions is not None)
+        if self.scale is None:
+            self.scale = self.rule.layer_scale(flat)
+        mask = self.rule.bind(self.scale)
+        view = LayerBatch(acts=acts, flat=flat, weights=mask(flat, self.threshold), threshold=self.threshold,
+                          batch=batch, mask=mask, windowed=self.positions is not None)
         for statistic in self.statistics:
             statistic.update(view)
 
@@ -72,7 +79,7 @@ class LayerStatistics:
 
     def result(self) -> dict[str, np.ndarray]:
         """Every array as numpy (consumes the count tables)."""
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, np.ndarray] = {"active_scale": np.float64(np.nan if self.scale is None else self.scale)}
         for statistic in [*self.statistics, self.delta]:
             arrays.update(statistic.arrays())
         return arrays

@@ -3,9 +3,10 @@
 ==========================  ===================  ==============================================
 array                       shape                definition
 ==========================  ===================  ==============================================
-``active_count``            ``[W]``              ``#{tokens : a > τ}``
-``sweep_count``             ``[S, W]``           ``#{tokens : a > τ_s}`` for each sweep τ_s
+``active_count``            ``[W]``              ``#{tokens : active at τ}`` (the capture's rule)
+``sweep_count``             ``[S, W]``           ``#{tokens : active at τ_s}`` for each sweep τ_s
 ``sum``, ``sum_sq``         ``[W]``              ``Σ a``, ``Σ a²`` (float64 totals)
+``abs_sum``                 ``[W]``              ``Σ |a|`` (activation mass; float64 total)
 ``max``, ``min``            ``[W]``              extremes of ``a``
 ==========================  ===================  ==============================================
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import LayerBatch, activity, column_counts
+from neuronbench.capture.batch import LayerBatch, column_counts
 
 
 def shifted_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +36,7 @@ def shifted_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Moments:
-    """``active_count``, ``sweep_count``, ``sum``, ``sum_sq``, ``max``, ``min`` of one layer."""
+    """``active_count``, ``sweep_count``, ``sum``, ``sum_sq``, ``abs_sum``, ``max``, ``min`` of one layer."""
 
     def __init__(self, width: int, sweep: tuple[float, ...], device: torch.device) -> None:
         long, f64 = torch.long, torch.float64
@@ -46,6 +47,7 @@ class Moments:
             sweep_count=torch.zeros(len(sweep), width, dtype=long, device=device),
             sum=torch.zeros(width, dtype=f64, device=device),
             sum_sq=torch.zeros(width, dtype=f64, device=device),
+            abs_sum=torch.zeros(width, dtype=f64, device=device),
             max=torch.full((width,), -torch.inf, dtype=f64, device=device),
             min=torch.full((width,), torch.inf, dtype=f64, device=device),
         )
@@ -57,7 +59,7 @@ class Moments:
             return
         a["active_count"] += column_counts(view.weights)
         for i, tau in enumerate(self.sweep):
-            mask = view.weights if tau == view.threshold else activity(flat, tau)
+            mask = view.weights if tau == view.threshold else view.mask(flat, tau)
             a["sweep_count"][i] += column_counts(mask)
         if view.windowed and view.batch.all_real:
             windows = view.window_moments
@@ -70,6 +72,7 @@ class Moments:
         a["sum_sq"] += total_sq
         torch.maximum(a["max"], largest.double(), out=a["max"])
         torch.minimum(a["min"], smallest.double(), out=a["min"])
+        a["abs_sum"] += flat.abs().sum(0).double()  # a float32 reduction per batch, float64 totals
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: value.cpu().numpy() for name, value in self.totals.items()}

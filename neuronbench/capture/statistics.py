@@ -15,6 +15,8 @@ from neuronbench.errors import CaptureError
 class ActivationStatistics:
     """The result of one capture pass: per-layer arrays plus what produced them.
 
+    ``activation`` names the activation rule (:mod:`neuronbench.activation`) that ``threshold``
+    (τ) belongs to; each layer's ``active_scale`` is its layer scale ``s_l`` (1 for an absolute τ).
     ``token_tier``/``token_slot`` locate each token row in the tiers ``token_active_tier{i}``;
     ``trigram_tokens``/``trigram_occurrences`` are the trigram index (``None`` when not kept).
     """
@@ -24,6 +26,7 @@ class ActivationStatistics:
     n_windows: int
     window: int
     threshold: float
+    activation: str
     sweep: tuple[float, ...]
     token_ids: np.ndarray | None
     token_occurrences: np.ndarray | None
@@ -80,6 +83,7 @@ class ActivationStatistics:
             "n_windows": self.n_windows,
             "window": self.window,
             "threshold": self.threshold,
+            "activation": self.activation,
             "sweep": list(self.sweep),
             "layers": sorted(self.layers),
             "excluded_token_ids": list(self.excluded_token_ids),

@@ -1,4 +1,4 @@
-"""Figure data (plain dicts of lists, no plotting) for Voita et al. 2023 Figures 1–4 and 8.
+"""Figure data (plain dicts of lists, no plotting) for Voita et al. 2023 Figures 1–4, 7 and 8.
 
 Every function takes detector results (``{layer: Detection}``) and returns ``{"layers": [...], ...}``
 with one entry per layer, in layer order. "Previous"/"earlier" layers mean the previous/earlier
@@ -9,13 +9,19 @@ with one entry per layer, in layer order. "Previous"/"earlier" layers mean the p
   neurons (``None`` for a layer whose neurons are all dead).
 * τ sweep: :func:`neuronbench.detectors.dead.dead_fraction_sweep`.
 * Fig 2 :func:`unigram_count_bins` — alive neurons per layer by unigram count, bins
-  :data:`UNIGRAM_BINS` (inclusive ranges; ``0`` = active only on excluded tokens).
+  :data:`UNIGRAM_BINS` (inclusive ranges; ``0`` = active only on excluded tokens); as in the paper
+  only the first half of the network (layers ``l < ⌈L/2⌉`` of an ``L``-layer model), or all layers.
 * Fig 3a :func:`token_detectors_per_layer`; Fig 3b :func:`tokens_covered` — distinct tokens
   covered by the layer's token-detecting neurons, and by those of all layers up to it.
 * Fig 4 :func:`new_tokens` — covered tokens of a layer not covered by any earlier layer, and not
   covered by the previous layer.
-* Fig 8 :func:`position_profiles` — for the ``top`` positional neurons by score, mean activation
-  ``pos_sum / pos_tokens`` and activation frequency ``pos_active / pos_tokens`` per position.
+* Fig 7 :func:`positional_type_examples` — for each positional type, the ``per_type`` strongest
+  positional neurons of the model (by score, over all layers) with their activation frequency
+  ``fr(pos)`` and strength; :func:`position_profiles` gives the same profiles per layer.
+* Fig 8 :func:`positional_per_layer` — positional neurons per layer, split by type and strength.
+
+Figures that overlay models (1, 3a, 3b, 4) carry ``num_layers`` (``L`` of the model), so they can
+be drawn against the relative depth ``layer / (L − 1)``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 
 from neuronbench.capture import ActivationStatistics
 from neuronbench.detectors.dead import dead_fraction_sweep
-from neuronbench.detectors.positional import position_frequencies
+from neuronbench.detectors.positional import POSITIONAL_STRENGTHS, POSITIONAL_TYPES, position_frequencies
 from neuronbench.detectors.result import Detection, check_count, highest
 from neuronbench.errors import ConfigError
 
@@ -72,9 +78,22 @@ def _bin_label(low: int, high: float) -> str:
     return str(low) if low == high else f">{low - 1}" if high == float("inf") else f"{low}-{int(high)}"
 
 
-def unigram_count_bins(token: Detections, dead: Detections) -> dict:
-    """Fig 2: ``counts[l][b]`` = alive neurons of layer ``l`` whose unigram count is in bin ``b``."""
-    layers = _layers(token, dead)
+FIG2_LAYERS = ("first_half", "all")
+"""Layer selections of Figure 2: the paper's first half of the network, or every analysed layer."""
+
+
+def unigram_count_bins(token: Detections, dead: Detections, num_layers: int | None = None,
+                       layers: str = "first_half") -> dict:
+    """Fig 2: ``counts[l][b]`` = alive neurons of layer ``l`` whose unigram count is in bin ``b``, over the
+    first half of an ``num_layers``-layer network (``layers="first_half"``, the paper's) or all layers."""
+    if layers not in FIG2_LAYERS:
+        raise ConfigError(f"Figure 2 layers must be one of {list(FIG2_LAYERS)}, got {layers!r}")
+    chosen = _layers(token, dead)
+    if layers == "first_half":
+        if num_layers is None:
+            raise ConfigError("Figure 2 over the first half of the network needs num_layers (the model's depth)")
+        chosen = [layer for layer in chosen if layer < -(-num_layers // 2)]
+    layers = chosen
     counts = []
     for layer in layers:
         alive = np.ones(dead[layer].width, dtype=bool)
@@ -82,7 +101,7 @@ def unigram_count_bins(token: Detections, dead: Detections) -> dict:
         unigrams = token[layer].scores[alive]
         counts.append([int(((unigrams >= low) & (unigrams <= high)).sum()) for low, high in UNIGRAM_BINS])
     return {"layers": layers, "bins": [_bin_label(*b) for b in UNIGRAM_BINS],
-            "edges": [[low, high] for low, high in UNIGRAM_BINS], "counts": counts}
+            "edges": [[low, high] for low, high in UNIGRAM_BINS], "counts": counts, "num_layers": num_layers}
 
 
 def token_detectors_per_layer(token: Detections) -> dict:
@@ -117,6 +136,40 @@ def new_tokens(token: Detections) -> dict:
         vs_previous.append(len(covered - (sets[i - 1] if i else set())))
         earlier |= covered
     return {"layers": layers, "new_vs_all_earlier": vs_all, "new_vs_previous": vs_previous}
+
+
+def positional_per_layer(positional: Detections, num_layers: int | None = None) -> dict:
+    """Fig 8: ``counts[l][type]`` and ``strong[l][type]``: positional neurons of layer ``l`` by type,
+    and how many of them are strong."""
+    layers = _layers(positional)
+    counts, strong = [], []
+    for layer in layers:
+        details = positional[layer].details
+        types, strengths = details["types"], details["strength"]
+        counts.append([sum(1 for t in types.values() if t == kind) for kind in POSITIONAL_TYPES])
+        strong.append([sum(1 for j, t in types.items() if t == kind and strengths[j] == "strong")
+                       for kind in POSITIONAL_TYPES])
+    return {"layers": layers, "types": list(POSITIONAL_TYPES), "counts": counts, "strong": strong,
+            "num_layers": num_layers}
+
+
+def positional_type_examples(stats: ActivationStatistics, positional: Detections, per_type: int = 3) -> dict:
+    """Fig 7: for each type of :data:`POSITIONAL_TYPES`, the ``per_type`` detected neurons with the
+    highest score over all layers (ties: lower layer, then lower index) and their ``fr(pos)``."""
+    per_type = check_count("neurons per type in Figure 7", per_type)
+    layers = _layers(positional)
+    positions = int(positional[layers[0]].thresholds.get("positions", stats.window)) if layers else stats.window
+    found = [(float(positional[l].scores[j]), l, int(j)) for l in layers for j in positional[l].indices]
+    examples: dict[str, list[dict]] = {kind: [] for kind in POSITIONAL_TYPES}
+    for score, layer, neuron in sorted(found, key=lambda f: (-f[0], f[1], f[2])):
+        details = positional[layer].details
+        kind = details["types"][neuron]
+        if len(examples[kind]) < per_type:
+            examples[kind].append({"layer": layer, "neuron": neuron, "score": score,
+                                   "strength": details["strength"][neuron],
+                                   "frequency": position_frequencies(stats, layer, positions)[:, neuron].tolist()})
+    return {"positions": list(range(positions)), "score": positional[layers[0]].score if layers else None,
+            "strengths": list(POSITIONAL_STRENGTHS), "types": examples}
 
 
 def position_profiles(stats: ActivationStatistics, positional: Detections, top: int = 4) -> dict:

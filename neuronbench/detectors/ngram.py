@@ -14,6 +14,17 @@ trigger nor as an occurrence).
 Token-detecting (unigrams): ``1 ≤ n_j ≤ 5`` and covered share ``≥ 0.95``. Trigram-detecting
 (:mod:`neuronbench.detectors.trigram`) applies the same rule to trigrams with ``1 ≤ n_j ≤ 50``.
 Unigram statistics count every real, non-excluded position.
+
+**Null of the token detector** (:func:`token_null`): token identities permuted against the
+activations. Under that permutation a neuron with ``N_j`` activations on non-excluded tokens has
+them on a uniformly random ``N_j``-subset of the ``n`` counted positions, so its per-token counts
+are multivariate hypergeometric with the stream's occurrences ``occ(t)``: computable from the
+streamed tables alone (``N_j`` and ``occ``), with no second pass. The probability ``p(N)`` that such
+a neuron passes the detector depends only on ``N``; it is simulated (:data:`NULL_DRAWS` draws,
+seeded) on a geometric grid of ``N`` from 1 to ``n`` and interpolated in ``log N``
+(``p_j = p(N_j)``; ``p = 0`` for ``N_j = 0``). Rare neurons are the ones at risk: one activation on a
+token seen once is a "token detector" at ``min_occurrences = 1``. Trigram detectors have no null
+yet.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import numpy as np
 import torch
 
 from neuronbench.capture import ActivationStatistics
+from neuronbench.detectors.null import WARN_FRACTION, NullCalibration, calibrate
 from neuronbench.detectors.result import Detection, check_count, check_range, select_layers
 from neuronbench.errors import CaptureError
 
@@ -40,6 +52,12 @@ MAX_TOKENS = 5
 """Token-detecting: at most this many unigrams cover its activations."""
 NEURON_CHUNK = 256
 """Neurons per block when the per-token table is materialised (bounds analysis memory)."""
+NULL_DRAWS = 200
+"""Simulated null neurons per grid point of the token null."""
+NULL_GRID = 40
+"""Grid points (geometric in N) of the token null."""
+NULL_SEED = 0
+"""Seed of the token null's simulation (the null is deterministic)."""
 
 
 def ascending_by_neuron(counts: np.ndarray) -> np.ndarray:
@@ -112,6 +130,40 @@ class NgramThresholds:
                 "covered_share": self.covered_share, "min_occurrences": self.min_occurrences}
 
 
+@dataclass(frozen=True)
+class TokenNull:
+    """``p(N)`` on a geometric grid of activation totals ``N`` (module docstring)."""
+
+    totals: np.ndarray
+    passing: np.ndarray
+    draws: int
+
+    def at(self, totals: np.ndarray) -> np.ndarray:
+        p = np.interp(np.log(np.maximum(totals, 1)), np.log(self.totals), self.passing)
+        return np.where(totals > 0, p, 0.0)
+
+    def calibration(self, totals: np.ndarray, found: int, warn_fraction: float) -> NullCalibration:
+        p = self.at(totals)
+        return calibrate("token identities permuted against activations (simulated)", p, found, warn_fraction,
+                         float(np.sqrt(p * (1 - p) / self.draws).sum()))
+
+
+def token_null(occurrences: np.ndarray, thresholds: NgramThresholds, max_tokens: int, draws: int = NULL_DRAWS,
+               grid: int = NULL_GRID, seed: int = NULL_SEED) -> TokenNull:
+    """Simulate neurons whose ``N`` activations fall on uniformly random counted positions."""
+    rng = np.random.default_rng(seed)
+    n = int(occurrences.sum())
+    totals = np.unique(np.round(np.geomspace(1, max(n, 1), grid)).astype(np.int64))
+    passing = np.empty(totals.size)
+    for i, total in enumerate(totals):
+        counts = rng.multivariate_hypergeometric(occurrences, int(total), size=draws).T
+        top = -np.partition(-counts, min(max_tokens, counts.shape[0]) - 1, axis=0)[:max_tokens].sum(axis=0)
+        candidates = np.flatnonzero(top >= thresholds.coverage * total)  # unigram count ≤ max_tokens
+        passing[i] = (len(thresholds.detect(counts[:, candidates], occurrences, 1, max_tokens).covered) / draws
+                      if candidates.size else 0.0)
+    return TokenNull(totals, passing, draws)
+
+
 def require_token_counts(stats: ActivationStatistics) -> None:
     if stats.token_ids is None:
         raise CaptureError("n-gram detectors need the per-token counts: capture with CaptureConfig(token_counts=True)")
@@ -126,7 +178,8 @@ def neuron_chunks(width: int, chunk: int = NEURON_CHUNK) -> list[np.ndarray]:
 def detect_token_detecting(stats: ActivationStatistics, *, layers: Sequence[int] | str | None = None,
                            max_tokens: int = MAX_TOKENS, coverage: float = NGRAM_COVERAGE,
                            occurrence_rate: float = OCCURRENCE_RATE, covered_share: float = COVERED_SHARE,
-                           min_occurrences: int = MIN_OCCURRENCES) -> dict[int, Detection]:
+                           min_occurrences: int = MIN_OCCURRENCES, warn_fraction: float = WARN_FRACTION
+                           ) -> dict[int, Detection]:
     """Token-detecting neurons: ``1 ≤ unigram count ≤ max_tokens`` and covered share ≥ ``covered_share``.
 
     Scores: the unigram count of every neuron (float64; 0 for a neuron never active on a
@@ -138,6 +191,7 @@ def detect_token_detecting(stats: ActivationStatistics, *, layers: Sequence[int]
     max_tokens = check_count("maximum tokens of a token-detecting neuron", max_tokens)
     require_token_counts(stats)
     occurrences = stats.token_occurrences[stats.token_ids]
+    null = token_null(occurrences, thresholds, max_tokens)
     out = {}
     for layer in select_layers(stats, layers):
         width = stats.layer(layer)["active_count"].size
@@ -150,7 +204,9 @@ def detect_token_detecting(stats: ActivationStatistics, *, layers: Sequence[int]
             share.update({int(neurons[c]): value for c, value in block.share.items()})
             covered.update({int(neurons[c]): stats.token_ids[rows] for c, rows in block.covered.items()})
         out[layer] = Detection("token", layer, np.array(sorted(covered), dtype=np.int64), count, "unigram_count",
-                               {**thresholds.as_dict(), "max_tokens": max_tokens, "tau": stats.threshold},
+                               {**thresholds.as_dict(), "max_tokens": max_tokens, "tau": stats.threshold,
+                                "activation": stats.activation, "warn_fraction": warn_fraction},
                                int(stats.token_occurrences.sum()),
-                               {"covered_tokens": covered, "n_activations": total, "covered_share": share})
+                               {"covered_tokens": covered, "n_activations": total, "covered_share": share},
+                               null.calibration(total, len(covered), warn_fraction))
     return out

@@ -9,6 +9,7 @@ import numpy as np
 
 from neuronbench.adapters.base import parse_layers
 from neuronbench.capture import ActivationStatistics
+from neuronbench.detectors.null import NullCalibration
 from neuronbench.errors import ConfigError
 
 
@@ -20,7 +21,9 @@ class Detection:
     decision for *every* neuron of the layer (its name in ``score``); ``thresholds`` every
     threshold used; ``n_tokens`` the number of tokens (or positions) the scores are computed
     over; ``method`` names the method; ``details`` holds method-specific extras (e.g. the
-    covered tokens of each token-detecting neuron).
+    covered tokens of each token-detecting neuron); ``null`` how many neurons the same detector
+    finds on a null of the same sample size (:mod:`neuronbench.detectors.null`; ``None`` for a
+    detector without one).
     """
 
     method: str
@@ -31,6 +34,7 @@ class Detection:
     thresholds: Mapping[str, float]
     n_tokens: int
     details: Mapping[str, object] = field(default_factory=dict)
+    null: NullCalibration | None = None
 
     @property
     def width(self) -> int:
@@ -40,7 +44,8 @@ class Detection:
         """A JSON-ready summary (no per-neuron score array)."""
         return {"method": self.method, "layer": self.layer, "score": self.score,
                 "indices": self.indices.tolist(), "count": int(self.indices.size), "width": self.width,
-                "thresholds": dict(self.thresholds), "n_tokens": self.n_tokens}
+                "thresholds": dict(self.thresholds), "n_tokens": self.n_tokens,
+                **({} if self.null is None else self.null.record())}
 
 
 def found(mask: np.ndarray) -> np.ndarray:

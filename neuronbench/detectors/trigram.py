@@ -123,13 +123,15 @@ def capture_trigram_statistics(model: torch.nn.Module, adapter: ArchitectureAdap
                                stats: ActivationStatistics, *, max_trigrams: int = MAX_TRIGRAMS,
                                coverage: float = NGRAM_COVERAGE, batch_size: int = 8,
                                progress: bool = True) -> ActivationStatistics | None:
-    """Step 2: one more forward pass over the *same* ``windows`` (same τ, excluded tokens and batch
-    size as the pass that produced ``stats``) keeping exact trigram tables for
+    """Step 2: one more forward pass over the *same* ``windows`` (same activation rule, τ, layer
+    scales and excluded tokens as the pass that produced ``stats``) keeping exact trigram tables for
     :func:`trigram_candidates` only. ``None`` when no neuron is a candidate (nothing to count)."""
     candidates = trigram_candidates(stats, max_trigrams=max_trigrams, coverage=coverage)
     if not candidates:
         return None
-    config = CaptureConfig(layers=tuple(sorted(candidates)), threshold=stats.threshold, sweep=(),
+    scales = {layer: float(stats.layer(layer)["active_scale"]) for layer in candidates}
+    config = CaptureConfig(layers=tuple(sorted(candidates)), activation=stats.activation, threshold=stats.threshold,
+                           scales=scales, sweep=(),
                            positional=False, token_counts=False, delta=False,
                            exclude_token_ids=frozenset(stats.excluded_token_ids), batch_size=batch_size,
                            trigrams=True, trigram_neurons=candidates)
@@ -138,7 +140,7 @@ def capture_trigram_statistics(model: torch.nn.Module, adapter: ArchitectureAdap
 
 def _check_same_tokens(stats: ActivationStatistics, tables: ActivationStatistics) -> None:
     same = (stats.n_tokens == tables.n_tokens and stats.window == tables.window
-            and stats.threshold == tables.threshold
+            and stats.threshold == tables.threshold and stats.activation == tables.activation
             and tuple(stats.excluded_token_ids) == tuple(tables.excluded_token_ids))
     if not same:
         raise ConfigError(

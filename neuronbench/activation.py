@@ -1,0 +1,106 @@
+"""Activation rules: when a neuron counts as *active* (SPEC §4 "Active").
+
+Every frequency-based statistic (dead, rarely active, positional, token and trigram detectors)
+counts the tokens on which a neuron is active. Which rule is right depends on the family's
+nonlinearity, so each adapter declares its default rule (with the reason in its docstring) and
+the rules that make no sense for it (:func:`resolve_rule`); ``--active`` selects another one.
+
+=============  ======================  ===========  ==============================================
+rule           active iff              default τ    τ means
+=============  ======================  ===========  ==============================================
+``positive``   ``a > τ``               0            an absolute level in the neuron tensor's units;
+                                                    the paper's rule, exact for ReLU (OPT)
+``magnitude``  ``|a| > τ · s_l``       0.5          a multiple of the layer's scale ``s_l``
+=============  ======================  ===========  ==============================================
+
+**The layer scale** ``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` is the median over the layer's
+neurons of each neuron's RMS over the ``n`` real tokens of the *first batch* of the capture pass
+(torch's median: the lower middle value for an even width; a median, so that a few outlier
+neurons with huge activations do not make every other neuron of the layer look inactive). The
+capture is one pass, so a
+scale must be fixed before any count is made: the first batch fixes it, and the same mask is then
+applied to every batch, the first included. It is per layer, not per neuron, on purpose: a scale
+of the neuron's own would make every neuron active on a similar share of tokens and "dead" would
+lose its meaning (a neuron that writes ten times less than its layer is inert, whatever its own
+scale). ``s_l`` is stored with the statistics (``active_scale``) and reused by the second
+(trigram) pass, so both passes use the same mask. With ``s_l = 0`` the rule is ``|a| > 0``.
+
+A τ that is NaN is rejected for every rule; ``magnitude`` also rejects a negative τ (``|a| > −c``
+holds everywhere, which would make every neuron always active).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from neuronbench.errors import ConfigError
+
+Mask = Callable[[torch.Tensor, float], torch.Tensor]
+"""``mask(a, τ)``: a float32 0/1 tensor of the shape of ``a`` (counts are sums or matmuls of it),
+with the layer scale already bound."""
+
+
+def _above(values: torch.Tensor, level: float) -> torch.Tensor:
+    """``values > level`` as float32 0/1, written straight into a float32 tensor."""
+    return torch.gt(values, level, out=torch.empty(values.shape, dtype=torch.float32, device=values.device))
+
+
+@dataclass(frozen=True)
+class ActivationRule:
+    """One rule: its name, formula, default τ, and whether τ is relative to the layer scale."""
+
+    name: str
+    formula: str
+    default_tau: float
+    relative: bool
+    allows_negative_tau: bool
+
+    def layer_scale(self, flat: torch.Tensor) -> float:
+        """``s_l``: median over neurons of their RMS over the first batch ``flat [n, W]`` (1.0 for an
+        absolute τ; 0.0 for a batch without real tokens)."""
+        if not self.relative:
+            return 1.0
+        return float(flat.double().square().mean(dim=0).sqrt().median()) if flat.numel() else 0.0
+
+    def bind(self, scale: float) -> Mask:
+        """The mask with ``s_l`` fixed."""
+        if self.relative:
+            return lambda a, tau: _above(a.abs(), tau * scale)
+        return lambda a, tau: _above(a, tau)
+
+    def check_tau(self, tau: float) -> float:
+        """``tau`` as a float, or :class:`ConfigError` naming the valid range."""
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or math.isnan(tau) or math.isinf(tau):
+            raise ConfigError(f"--threshold (τ) must be a finite number for the {self.name!r} rule, got {tau!r}")
+        if tau < 0 and not self.allows_negative_tau:
+            raise ConfigError(f"--threshold (τ) must be ≥ 0 for the {self.name!r} rule ({self.formula}), got {tau!r}")
+        return float(tau)
+
+
+ACTIVATION_RULES: dict[str, ActivationRule] = {
+    "positive": ActivationRule("positive", "a > τ", 0.0, relative=False, allows_negative_tau=True),
+    "magnitude": ActivationRule("magnitude", "|a| > τ·s_l", 0.5, relative=True, allows_negative_tau=False),
+}
+"""The activation rules by name (``--active``)."""
+
+
+def resolve_rule(name: str | None, default: str, invalid: Mapping[str, str], family: str) -> ActivationRule:
+    """The rule ``name`` (``None``: the family's ``default``), or :class:`ConfigError` naming the
+    valid choices for an unknown rule or one the family declares invalid (with its reason)."""
+    chosen = default if name is None else name
+    valid = [rule for rule in ACTIVATION_RULES if rule not in invalid]
+    if chosen not in ACTIVATION_RULES:
+        raise ConfigError(f"--active {chosen!r} is not an activation rule; valid for {family}: {valid}")
+    if chosen in invalid:
+        raise ConfigError(f"--active {chosen!r} makes no sense for {family} models: {invalid[chosen]}; "
+                          f"valid for {family}: {valid}")
+    return ACTIVATION_RULES[chosen]
+
+
+def resolve_threshold(rule: ActivationRule, tau: float | None) -> float:
+    """τ: the rule's default when ``tau`` is None, else the checked value."""
+    return rule.default_tau if tau is None else rule.check_tau(tau)

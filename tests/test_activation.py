@@ -1,0 +1,119 @@
+"""Activation rules: the registry, the layer scale fixed by the first batch, per-family defaults
+and refusals, bad input, and the dead set of every family costing nothing when mean-ablated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuronbench.activation import ACTIVATION_RULES, resolve_rule
+from neuronbench.adapters import ADAPTERS
+from neuronbench.capture import CaptureConfig, NeuronLayout, StatisticsCollector, capture_statistics
+from neuronbench.config import RunConfig
+from neuronbench.data import load_corpus, tokenize_windows
+from neuronbench.detectors import detect_dead
+from neuronbench.errors import ConfigError
+from neuronbench.models import load_model
+from neuronbench.names import NEURONS, act_name
+from test_ablation import runner_for
+
+T, W = 8, 6
+
+
+def feed(layout: NeuronLayout, batches: list[np.ndarray], **config) -> object:
+    collector = StatisticsCollector(layout, CaptureConfig(batch_size=2, **config), T, 16, torch.device("cpu"))
+    for acts in batches:
+        ids = torch.ones(acts.shape[:2], dtype=torch.long)
+        collector.feed(ids, torch.ones_like(ids), {act_name(0, NEURONS): torch.from_numpy(acts)})
+    return collector.result()
+
+
+def test_rules_and_their_defaults():
+    a = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0])
+    assert ACTIVATION_RULES["positive"].bind(1.0)(a, 0.0).tolist() == [0, 0, 0, 1, 1]
+    assert ACTIVATION_RULES["magnitude"].bind(2.0)(a, 0.5).tolist() == [1, 0, 0, 0, 1]
+    assert ACTIVATION_RULES["positive"].default_tau == 0.0 and ACTIVATION_RULES["magnitude"].default_tau == 0.5
+
+
+def test_magnitude_scale_is_fixed_by_the_first_batch():
+    """s_l = median neuron RMS of the first batch; a second batch ten times larger keeps that scale."""
+    generator = np.random.default_rng(0)
+    first = generator.standard_normal((2, T, W)).astype(np.float32)
+    second = 10 * generator.standard_normal((2, T, W)).astype(np.float32)
+    stats = feed(NeuronLayout(1, W), [first, second], activation="magnitude", threshold=0.5)
+    rms = np.sqrt((first.reshape(-1, W).astype(np.float64) ** 2).mean(0))
+    scale = float(np.sort(rms)[(W - 1) // 2])  # the lower median (torch's) of an even width
+    np.testing.assert_allclose(float(stats.layer(0)["active_scale"]), scale, rtol=1e-6)
+    both = np.concatenate([first, second]).reshape(-1, W)
+    np.testing.assert_array_equal(stats.layer(0)["active_count"], (np.abs(both) > 0.5 * scale).sum(0))
+    np.testing.assert_allclose(stats.layer(0)["abs_sum"], np.abs(both).sum(0), rtol=1e-6)
+    assert stats.activation == "magnitude"
+
+
+def test_adapters_declare_a_rule_and_refuse_the_senseless_one():
+    assert {name: ADAPTERS[name].activation_rule for name in ("opt", "gpt2", "gpt_neox", "llama", "mamba")} == {
+        "opt": "positive", "gpt2": "magnitude", "gpt_neox": "magnitude", "llama": "magnitude", "mamba": "magnitude"}
+    for family in ("mamba", "llama"):
+        adapter = ADAPTERS[family]
+        with pytest.raises(ConfigError, match=r"makes no sense for .* signed.*valid for .*\['magnitude'\]"):
+            resolve_rule("positive", adapter.activation_rule, adapter.invalid_rules, family)
+    for family in ("opt", "gpt2"):
+        assert resolve_rule("magnitude", "positive", ADAPTERS[family].invalid_rules, family).name == "magnitude"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"activation": "sparse"}, r"'sparse' is not an activation rule; valid for synthetic: \['positive', 'magnitude'\]"),
+    ({"activation": "magnitude", "threshold": -0.1}, "must be ≥ 0 for the 'magnitude' rule"),
+    ({"threshold": float("nan")}, "must be a finite number"),
+])
+def test_bad_rule_or_tau_is_a_usage_error(config, message):
+    with pytest.raises(ConfigError, match=message):
+        StatisticsCollector(NeuronLayout(1, W), CaptureConfig(**config), T, 16, torch.device("cpu"))
+
+
+def test_negative_tau_is_allowed_for_positive():
+    stats = feed(NeuronLayout(1, W), [np.full((2, T, W), -0.05, dtype=np.float32)], threshold=-0.1)
+    assert (stats.layer(0)["active_count"] == 2 * T).all()
+
+
+def test_run_config_rejects_an_unknown_rule_and_a_nan_tau():
+    with pytest.raises(ConfigError, match="--active 'relu' is not valid: choose one of positive, magnitude"):
+        RunConfig(active="relu")
+    with pytest.raises(ConfigError, match="finite"):
+        RunConfig(threshold=float("inf"))
+    assert "active" in RunConfig().analysis_key()
+
+
+SILENCE = {
+    "gpt2": lambda m, j: (m.transformer.h[0].mlp.c_fc.weight[:, j].zero_(), m.transformer.h[0].mlp.c_fc.bias[j].fill_(-100)),
+    "opt": lambda m, j: (m.model.decoder.layers[0].fc1.weight[j].zero_(), m.model.decoder.layers[0].fc1.bias[j].fill_(-1e4)),
+    "gpt_neox": lambda m, j: (m.gpt_neox.layers[0].mlp.dense_h_to_4h.weight[j].zero_(),
+                              m.gpt_neox.layers[0].mlp.dense_h_to_4h.bias[j].fill_(-100)),
+    "llama": lambda m, j: m.model.layers[0].mlp.gate_proj.weight[j].zero_(),
+    "mamba": lambda m, j: m.backbone.layers[0].mixer.in_proj.weight[m.config.intermediate_size + j].zero_(),
+}
+"""Make neuron ``j`` of layer 0 exactly 0 on every token (GELU(−100) = ReLU(−1e4) = silu(0)·u = 0)."""
+
+
+@pytest.mark.parametrize("family", sorted(SILENCE))
+def test_dead_set_of_every_family_costs_nothing_when_mean_ablated(toy_model_dir, family):
+    """Planted inert neurons are found dead under the family's default rule, carry no activation
+    mass, and mean-ablating the whole dead set leaves perplexity unchanged."""
+    loaded = load_model(str(toy_model_dir(family)), device="cpu", dtype="float32")
+    planted = [1, 4, 9]
+    with torch.no_grad():
+        for j in planted:
+            SILENCE[family](loaded.model, j)
+    windows = tokenize_windows(load_corpus("pydocs", "train"), loaded.tokenizer, 32, 1024)
+    stats = capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(batch_size=8), progress=False)
+    assert stats.activation == loaded.adapter.activation_rule
+    dead = detect_dead(stats, null_freq=5e-3)  # 1024 tokens ≥ the 919 this null needs
+    assert set(planted) <= set(dead[0].indices.tolist())
+    assert all(value == 0 for j, value in dead[0].details["max_abs"].items() if j in planted)
+    runner = runner_for(loaded, stats)
+    base = runner.baseline().ppl
+    dead_set = {layer: d.indices.tolist() for layer, d in dead.items() if d.indices.size}
+    assert abs(runner.perplexity(dead_set, "mean").ppl - base) / base < 1e-4
+    alive = {0: [j for j in range(stats.layer(0)["active_count"].size) if j not in dead_set[0]][:3]}
+    assert abs(runner.perplexity(alive, "mean").ppl - base) / base > 1e-6  # the check can fail
