@@ -17,7 +17,7 @@ from neuronbench.__main__ import main
 from neuronbench.browser import chromium, dump_dom, first_neuron_page, neuron_page_file, screenshot
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--max-tokens", "1024", "--eval-max-tokens", "400", "--analysis-window", "32", "--max-length", "64",
+SMALL = ["--max-tokens", "1024", "--dead-null-freq", "0.005", "--eval-max-tokens", "400", "--analysis-window", "32", "--max-length", "64",
          "--seeds", "2", "--top-contexts", "5", "--page-neurons", "2", "-p", "no:cacheprovider",
          "--benchmark-disable", "-q"]
 SELECTION = "statistics or test_dead or neuron_pages or (pruning and zero)"

@@ -118,8 +118,9 @@ def test_seed_entry_points_run_their_selection(toy, tmp_path, command):
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     result = subprocess.run([sys.executable, "-m", "neuronbench", command, "--models", toy["gpt2"], "--layer", "0",
-                             "--top_k", "3", "--text_limit", "8", "--save_results", "--out", str(out), "--seeds", "2",
+                             "--top_k", "3", "--text_limit", "20", "--save_results", "--out", str(out), "--seeds", "2",
                              "--", *SEED_COMMANDS[command], "--no-cache", "-p", "no:cacheprovider", "--max-length", "64",
+                             "--dead-null-freq", "0.005",
                              "--eval-max-tokens", "600"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -129,7 +130,7 @@ def test_seed_entry_points_run_their_selection(toy, tmp_path, command):
     assert analyses == {"main": {"statistics"}, "ablation": {"perplexity", "ablation"},
                         "ngram": {"statistics", "ngram"}}[command]
     for record in statistics:
-        assert record["metrics"]["n_tokens"] == 8 * 128 and record["metrics"]["n_layers"] == 1
+        assert record["metrics"]["n_tokens"] == 20 * 128 and record["metrics"]["n_layers"] == 1
     assert (out / "report.md").is_file() and (out / "neurons.json").is_file()
 
 
