@@ -68,6 +68,7 @@ class RunConfig:
     token_max_unigrams: int = 5
     token_occurrence_rate: float = 0.95
     token_covered_share: float = 0.95
+    fig2_layers: str = "first_half"
     min_occurrences: int = 5
     baseline_tolerance: float = 0.02
     out: str = "analysis_outputs"
@@ -280,6 +281,8 @@ OPTIONS: tuple[Option, ...] = (
            "least this share of its occurrences (default 0.95)", check=real(0.0, 1.0, open_low=True)),
     Option("--token-covered-share", "token_covered_share", float, "token-detecting iff its covered tokens account "
            "for at least this share of its activations (default 0.95)", check=real(0.0, 1.0, open_low=True)),
+    Option("--fig2-layers", "fig2_layers", str, "layers of Figure 2: first_half (the paper's, default) or all",
+           check=choice("first_half", "all")),
     Option("--min-occurrences", "min_occurrences", int, "occurrences a covered token needs (default 5)",
            check=integer(1)),
     Option("--baseline-tolerance", "baseline_tolerance", float, "relative tolerance of the baseline regression (default 0.02)",

@@ -172,13 +172,33 @@ def activation_distributions(records: list[dict], plots: Path) -> list[Path]:
     return [save(fig, plots / "activation_distributions.png")]
 
 
+def relative_depth(layers: list[int], num_layers: int | None) -> np.ndarray:
+    """``layer / (L − 1)`` (the layer index itself when ``L`` is unknown or 1)."""
+    layers = np.asarray(layers, dtype=float)
+    return layers / (num_layers - 1) if num_layers and num_layers > 1 else layers
+
+
+def depth_axis(ax: plt.Axes, records: list[dict], key: str) -> None:
+    """The x axis of a cross-model overlay: relative depth ``layer/(L−1)`` at the bottom and, when
+    every model has the same depth ``L``, integer layer ticks on top."""
+    depths = {record["figures"][key].get("num_layers") for record in records}
+    ax.set(xlabel="relative depth layer/(L−1)", xlim=(-0.05, 1.05))
+    if len(depths) == 1 and None not in depths and depths != {1}:
+        last = depths.pop() - 1
+        top = ax.secondary_xaxis("top", functions=(lambda d: d * last, lambda layer: layer / last))
+        top.xaxis.set_major_locator(MaxNLocator(integer=True))
+        top.set_xlabel("layer")
+
+
 def _per_model_lines(ax: plt.Axes, records: list[dict], key: str, part: str, field: str, label: str) -> None:
+    """One line per model against relative depth (:func:`depth_axis`)."""
     for record in records:
         data = record["figures"][key][part]
         values = [np.nan if v is None else v for v in data[field]]
-        ax.plot(data["layers"], values, marker="o", label=_model_label(record))
+        x = relative_depth(data["layers"], record["figures"][key].get("num_layers"))
+        ax.plot(x, values, marker="o", label=_model_label(record))
     ax.set(ylabel=label)
-    layer_axis(ax)
+    depth_axis(ax, records, key)
     ax.legend(fontsize=8)
 
 
@@ -215,26 +235,33 @@ def _dashed_lines(ax: plt.Axes, records: list[dict], part: str, field: str, suff
     """A second, dashed series per model on an n-gram panel."""
     for record in records:
         data = record["figures"]["ngram"][part]
-        ax.plot(data["layers"], data[field], linestyle="--", label=f"{_model_label(record)} ({suffix})")
+        x = relative_depth(data["layers"], record["figures"]["ngram"].get("num_layers"))
+        ax.plot(x, data[field], linestyle="--", marker=".", label=f"{_model_label(record)} ({suffix})")
     ax.legend(fontsize=7)
 
 
 @figure("ngram")
 def ngram_figures(records: list[dict], plots: Path) -> list[Output]:
-    """Figure 2 per model (alive neurons per layer binned by unigram count, stacked), and overlaid
-    across models 3a (token-detecting neurons per layer), 3b (tokens covered per layer and
+    """Figure 2 per model (alive neurons per layer binned by unigram count, stacked; as in the paper
+    the first half of the network unless the data say otherwise), and overlaid, against relative
+    depth, across models 3a (token-detecting neurons per layer), 3b (tokens covered per layer and
     cumulatively) and 4 (tokens new against all earlier layers and against the previous one); a
     sentence instead of 3 and 4 when no model has a token-detecting neuron."""
     written: list[Output] = []
     for record in records:
         data = record["figures"]["ngram"]["fig2"]
+        if not data["layers"]:
+            written.append(Note("Figure 2", f"{_model_label(record)}: no analysed layer in the chosen part of the network."))
+            continue
         counts = np.asarray(data["counts"], dtype=float)
         fig, ax = plt.subplots(figsize=(7, 3.8))
         bottom = np.zeros(len(data["layers"]))
         for column, name in zip(counts.T, data["bins"]):
             ax.bar(data["layers"], column, bottom=bottom, label=name)
             bottom += column
-        ax.set(title=f"Figure 2: {_model_label(record)}", ylabel="alive neurons")
+        part = (f"first half: layers 0–{max(data['layers'])} of {data['num_layers']}" if data.get("part") == "first_half"
+                else "all layers")
+        ax.set(title=f"Figure 2: {_model_label(record)}, alive neurons ({part})", ylabel="alive neurons")
         layer_axis(ax)
         ax.legend(title="unigrams", fontsize=7, ncols=2)
         written.append(save(fig, plots / f"fig2_unigram_bins_{_model_label(record)}.png"))
@@ -253,24 +280,4 @@ def ngram_figures(records: list[dict], plots: Path) -> list[Output]:
     return written
 
 
-@figure("positional")
-def positional_figure(records: list[dict], plots: Path) -> list[Path]:
-    """Figure 8: mean activation against position of the neurons with the highest I(act; pos), in up
-    to four layers per model (labelled with their MI; whether they pass the threshold is in the
-    records)."""
-    written = []
-    for record in records:
-        data = record["figures"]["positional"]
-        layers = [layer for layer, v in data["layers"].items() if v["neurons"]][:4]
-        if not layers:
-            continue
-        fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.4), squeeze=False)
-        for ax, layer in zip(axes[0], layers):
-            profile = data["layers"][layer]
-            for neuron, curve, score in zip(profile["neurons"], profile["mean_activation"], profile["scores"]):
-                ax.plot(data["positions"], curve, label=f"{neuron} (I = {score:.3f})")
-            ax.set(title=f"layer {layer}", xlabel="position", ylabel="mean activation")
-            ax.legend(fontsize=7)
-        fig.suptitle(f"Figure 8: {_model_label(record)}, strongest neurons by I(act; pos)")
-        written.append(save(fig, plots / f"fig8_positional_{_model_label(record)}.png"))
-    return written
+from neuronbench import paper_figures  # noqa: E402,F401  (registers Figures 7 and 8)

@@ -40,7 +40,8 @@ def test_dead(workspace, record):
            metrics={"count": count, "percent": 100.0 * count / total, **counts_of(dead), **mass,
                     "dead_max_abs": peaks, **null_metrics(dead)},
            thresholds=next(iter(dead.values())).thresholds, neurons=neurons_of(dead),
-           figures={"dead": {"fig1a": figure_1a, "fig1b": figure_1b, "sweep": sweep}})
+           figures={"dead": {"fig1a": figure_1a, "fig1b": figure_1b, "sweep": sweep,
+                             "num_layers": workspace.loaded.adapter.num_layers}})
 
 
 @pytest.mark.dead

@@ -39,8 +39,10 @@ def test_token_detecting(workspace, record):
                     **{f"layer{l}": int(d.indices.size) for l, d in token.items()}},
            thresholds=next(iter(token.values())).thresholds,
            neurons={layer: d.indices.tolist() for layer, d in token.items()},
-           figures={"ngram": {"fig2": unigram_count_bins(token, dead, workspace.loaded.adapter.num_layers), "fig3a": token_detectors_per_layer(token),
-                              "fig3b": covered, "fig4": new_tokens(token)}})
+           figures={"ngram": {"fig2": unigram_count_bins(token, dead, workspace.loaded.adapter.num_layers,
+                                                             workspace.config.fig2_layers), "fig3a": token_detectors_per_layer(token),
+                              "fig3b": covered, "fig4": new_tokens(token),
+                              "num_layers": workspace.loaded.adapter.num_layers}})
 
 
 @pytest.mark.capture("token_counts", "trigrams")

@@ -1,8 +1,10 @@
 """Positional neurons (Voita et al. 2023 §5) over full-length analysis windows.
 
 ``mi``: ``I(act; pos) > --positional-mi`` (nats); ``pearson``: the seed's mean Pearson
-``|r(position, a)| > --positional-r``. Records Figure 8 data (activation against position for the
-strongest positional neurons) and the per-neuron MI to ``stats/<model>.npz``.
+``|r(position, a)| > --positional-r``; both with their null counts, and the types (with strong/weak)
+of the neurons found. The MI case records the data of Figure 7 (activation frequency against
+position of the strongest positional neurons of each type) and Figure 8 (positional neurons per
+layer by type), and the per-neuron MI to ``stats/<model>.npz``.
 """
 
 from __future__ import annotations
@@ -10,21 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataclasses import replace
-
-from neuronbench.detectors.figures import position_profiles
+from neuronbench.detectors.figures import positional_per_layer, positional_type_examples
 from neuronbench.detectors.null import null_metrics
-from neuronbench.detectors.result import highest
 
 pytestmark = [pytest.mark.positional, pytest.mark.capture("positional")]
 METHODS = {"mi": "positional", "pearson": "positional_pearson"}
-FIGURE_NEURONS = 4
-
-
-def strongest(found: dict, count: int = FIGURE_NEURONS) -> dict:
-    """Figure 8 shows the ``count`` highest-MI neurons of each layer, whether or not they pass the
-    threshold (the record's ``positional`` neurons say which do)."""
-    return {layer: replace(d, indices=highest(d.scores, count)) for layer, d in found.items()}
+FIGURE_NEURONS = 3
+"""Neurons per positional type in Figure 7."""
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -40,5 +34,6 @@ def test_positional(workspace, record, method):
            thresholds=next(iter(found.values())).thresholds,
            neurons={layer: d.indices.tolist() for layer, d in found.items()},
            arrays={f"layer{layer}/positional_{'mi' if method == 'mi' else 'r'}": d.scores for layer, d in found.items()},
-           figures={"positional": position_profiles(workspace.stats, strongest(found), top=FIGURE_NEURONS)}
-           if method == "mi" else None)
+           figures={"positional": {
+               "fig7": positional_type_examples(workspace.stats, found, per_type=FIGURE_NEURONS),
+               "fig8": positional_per_layer(found, workspace.loaded.adapter.num_layers)}} if method == "mi" else None)

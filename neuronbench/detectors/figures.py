@@ -88,7 +88,7 @@ def unigram_count_bins(token: Detections, dead: Detections, num_layers: int | No
     first half of an ``num_layers``-layer network (``layers="first_half"``, the paper's) or all layers."""
     if layers not in FIG2_LAYERS:
         raise ConfigError(f"Figure 2 layers must be one of {list(FIG2_LAYERS)}, got {layers!r}")
-    chosen = _layers(token, dead)
+    part, chosen = layers, _layers(token, dead)
     if layers == "first_half":
         if num_layers is None:
             raise ConfigError("Figure 2 over the first half of the network needs num_layers (the model's depth)")
@@ -101,7 +101,8 @@ def unigram_count_bins(token: Detections, dead: Detections, num_layers: int | No
         unigrams = token[layer].scores[alive]
         counts.append([int(((unigrams >= low) & (unigrams <= high)).sum()) for low, high in UNIGRAM_BINS])
     return {"layers": layers, "bins": [_bin_label(*b) for b in UNIGRAM_BINS],
-            "edges": [[low, high] for low, high in UNIGRAM_BINS], "counts": counts, "num_layers": num_layers}
+            "edges": [[low, high] for low, high in UNIGRAM_BINS], "counts": counts, "num_layers": num_layers,
+            "part": part}
 
 
 def token_detectors_per_layer(token: Detections) -> dict:

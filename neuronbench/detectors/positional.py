@@ -81,7 +81,7 @@ EXTREME = 0.05
 """δ: a strong positional neuron's frequency comes within δ of both 0 and 1."""
 RAMP_SHARE = 0.25
 """A one-sided change with more than this share of positions between the hysteresis levels is gradual."""
-NULL_DRAWS = 2000
+NULL_DRAWS = 1000
 """Simulated null profiles per grid point of the MI null."""
 NULL_SEED = 0
 """Seed of the MI null's simulation (the null is deterministic)."""
