@@ -19,6 +19,12 @@ registry name            rule (defaults)                             score
 ``delta``                top-k (10) by spread of ``log Δ`` (Mamba)   ``log_delta_std``
 =======================  ==========================================  ===========================
 
+"Active" is the capture's activation rule (:mod:`neuronbench.activation`). Every detector except
+``rarely_active`` and ``trigram`` attaches a null calibration to each layer's detection
+(``Detection.null``, :mod:`neuronbench.detectors.null`): the neurons it finds on a null of the same
+sample size, the expected false positives and a warning; a sample below a detector's documented
+minimum is a :class:`~neuronbench.errors.CaptureError` naming it.
+
 Input-change sensitivity needs forward passes of its own and is a separate analysis,
 :func:`input_change_sensitivity` (method ``input_change``); :func:`sensitivity_method` picks
 ``delta`` or ``input_change`` for a model. Two-step exact trigram statistics:
