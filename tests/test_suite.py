@@ -116,7 +116,7 @@ SEED_COMMANDS = {
 @pytest.mark.parametrize("command", sorted(SEED_COMMANDS))
 def test_seed_entry_points_run_their_selection(toy, tmp_path, command):
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}  # this checkout
     result = subprocess.run([sys.executable, "-m", "neuronbench", command, "--models", toy["gpt2"], "--layer", "0",
                              "--top_k", "3", "--text_limit", "20", "--save_results", "--out", str(out), "--seeds", "2",
                              "--", *SEED_COMMANDS[command], "--no-cache", "-p", "no:cacheprovider", "--max-length", "64",
