@@ -17,7 +17,7 @@ from pathlib import Path
 from neuronbench.activation import ACTIVATION_RULES
 from neuronbench.errors import ConfigError
 
-DEFAULT_MODELS = ("tiny-gpt2", "tiny-mamba")
+DEFAULT_MODELS = ("tiny-gpt2", "tiny-opt", "tiny-mamba")
 DEFAULT_KNOCKOUTS = ("last<-previous:4", "all<-first:4")
 """Default ``--knockout`` patterns (:mod:`neuronbench.attention.knockout`): the last token loses
 its 4 preceding tokens; every token loses the first 4."""

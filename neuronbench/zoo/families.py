@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    MambaConfig,
+    MambaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+)
 
 from neuronbench.errors import ConfigError
 from neuronbench.zoo.recipe import Recipe
@@ -44,23 +51,48 @@ def _construct(recipe_model: dict[str, Any], make: Callable[[], T]) -> T:
         raise ConfigError(f"invalid model configuration {recipe_model}: {error}") from error
 
 
-def _check_gpt2(recipe: Recipe) -> None:
-    """The window must fit the context (``n_positions``); heads must divide the width."""
-    config = _construct(recipe.model, lambda: GPT2Config(**recipe.model))
-    if recipe.seq_len > config.n_positions:
+def _check_transformer(recipe: Recipe, config: Any, context: str, width: str, heads: str) -> None:
+    """The window must fit the context (``config.<context>``); heads must divide the width."""
+    if recipe.seq_len > getattr(config, context):
         raise ConfigError(
             f"recipe {recipe.name!r}: seq_len {recipe.seq_len} exceeds the model's context "
-            f"n_positions={config.n_positions}"
+            f"{context}={getattr(config, context)}"
         )
-    if config.n_embd % config.n_head:
+    if getattr(config, width) % getattr(config, heads):
         raise ConfigError(
-            f"recipe {recipe.name!r}: n_embd={config.n_embd} is not divisible by n_head={config.n_head}"
+            f"recipe {recipe.name!r}: {width}={getattr(config, width)} is not divisible by "
+            f"{heads}={getattr(config, heads)}"
         )
+
+
+def _check_gpt2(recipe: Recipe) -> None:
+    """:func:`_check_transformer` with GPT-2's names."""
+    config = _construct(recipe.model, lambda: GPT2Config(**recipe.model))
+    _check_transformer(recipe, config, "n_positions", "n_embd", "n_head")
 
 
 def _build_gpt2(model: dict[str, Any], vocab_size: int, eos_id: int) -> nn.Module:
     return _construct(
         model, lambda: GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, **_special_ids(eos_id), **model))
+    )
+
+
+def _check_opt(recipe: Recipe) -> None:
+    """:func:`_check_transformer` with OPT's names; the block must be pre-LayerNorm with a ReLU
+    MLP (the OPT-125m..66B layout in which Voita et al. found dead, token and positional neurons)."""
+    config = _construct(recipe.model, lambda: OPTConfig(**recipe.model))
+    _check_transformer(recipe, config, "max_position_embeddings", "hidden_size", "num_attention_heads")
+    if not config.do_layer_norm_before or config.activation_function != "relu":
+        raise ConfigError(
+            f"recipe {recipe.name!r}: an OPT recipe needs do_layer_norm_before=True and "
+            f"activation_function='relu', got {config.do_layer_norm_before} and "
+            f"{config.activation_function!r}"
+        )
+
+
+def _build_opt(model: dict[str, Any], vocab_size: int, eos_id: int) -> nn.Module:
+    return _construct(
+        model, lambda: OPTForCausalLM(OPTConfig(vocab_size=vocab_size, **_special_ids(eos_id), **model))
     )
 
 
@@ -97,6 +129,7 @@ def _nothing(_model: nn.Module) -> None:
 
 FAMILIES: dict[str, Family] = {
     "gpt2": Family("gpt2", _check_gpt2, _build_gpt2, _nothing),
+    "opt": Family("opt", _check_opt, _build_opt, _nothing),
     "mamba": Family("mamba", _check_mamba, _build_mamba, _mamba_prepare_for_save),
 }
 
