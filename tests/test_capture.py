@@ -98,8 +98,12 @@ def test_streaming_statistics_equal_full_tensor_statistics(toy_model_dir, family
         expected = naive_statistics(acts, windows.input_ids, windows.attention_mask, 0.01, excluded, active)
         for name in ("active_count", "sweep_count", "pos_active"):
             np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-        for name in ("sum", "sum_sq", "abs_sum", "max", "min", "pos_sum", "pearson_sum"):
+        for name in ("sum", "sum_sq", "abs_sum", "max", "min", "pos_sum"):
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-9, err_msg=name)
+        # A sum of 7 correlations in [-1, 1] can cancel to ~1e-3, so its error is bounded in absolute
+        # terms: each window's correlation within 1e-7 of the float64 reference.
+        np.testing.assert_allclose(got["pearson_sum"], expected["pearson_sum"], rtol=1e-5, atol=7e-7,
+                                   err_msg="pearson_sum")
         np.testing.assert_array_equal(got["pos_tokens"], np.full(WINDOW, 7))
         rows = {int(t): i for i, t in enumerate(stats.token_ids)}
         assert set(rows) == set(expected["token_active"])
