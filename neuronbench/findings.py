@@ -4,9 +4,10 @@
 The findings table is a registry (:data:`FINDINGS`): one :class:`Finding` per column, each a
 header and a function of one model's records. Counts come with the count the same detector finds
 on its null where a record carries one (the first of :data:`NULL_METRICS` present), ``—``
-otherwise. Every ablation condition adds a column: the relative perplexity change ``Δppl =
-ppl/baseline − 1`` and ``z = (ppl − mean_control)/std_control`` against its random control,
-marked by :func:`significance`. Sections are narrow: per-layer metrics (``layer{l}`` or
+otherwise. The ablations follow as a second, transposed table (one row per condition, one column
+per model, so that it stays narrow however many conditions run): the relative perplexity change
+``Δppl = ppl/baseline − 1`` and ``z = (ppl − mean_control)/std_control`` against its random
+control, marked by :func:`significance`. Sections are narrow: per-layer metrics (``layer{l}`` or
 ``layer{l}:{name}``) become rows, breakdowns (``type:{t}``, ``overlap[{pair}]``) become rows,
 and every column that is the same in all rows is dropped and named in a sentence instead.
 """
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from neuronbench.calibration import calibration_blocks
-from neuronbench.document import MISSING, Block, Heading, Paragraph, fmt, narrow_blocks
+from neuronbench.document import MISSING, Block, Heading, Paragraph, Table, fmt, narrow_blocks
 
 NULL_METRICS = ("null_count",)
 """Metric keys under which a detector's record gives its null count (first present wins)."""
@@ -96,7 +97,9 @@ def _tokens(records: list[dict]) -> object:
 
 def _dead_percent(records: list[dict]) -> str:
     record = pick(records, "dead", neuron_type="dead")
-    return MISSING if record is None else f"{fmt(float(record['metrics']['percent']))} %"
+    if record is None:
+        return MISSING
+    return with_null(record, f"{fmt(float(record['metrics']['percent']))} % ({count_of(record)})")
 
 
 def _positional(records: list[dict]) -> str:
@@ -133,31 +136,45 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("Δ-sensitive", _sensitive),
     Finding("attention (top by attention_weighted)", _attention),
 )
-"""The findings table's columns after ``model``; ablation columns follow (:func:`ablation_findings`)."""
+"""The findings table's columns after ``model``; the ablations follow in their own table (:func:`ablation_glance`)."""
 
 
-def ablation_findings(records: Sequence[dict]) -> list[Finding]:
-    """One column per ablation condition: its modes' cells joined by `` / `` in mode order."""
+def ablation_modes(records: Sequence[dict]) -> list[str]:
+    return list(dict.fromkeys(r["mode"] for r in records if r["analysis"] == "ablation"))
+
+
+def ablation_glance(records: Sequence[dict], models: Sequence[str]) -> list[Block]:
+    """The ablation part of the findings, transposed so that it stays narrow: one row per
+    condition, one column per model, each cell its modes' :func:`ablation_cell` joined by `` / ``."""
     conditions = list(dict.fromkeys(r["neuron_type"] for r in records if r["analysis"] == "ablation"))
-    modes = list(dict.fromkeys(r["mode"] for r in records if r["analysis"] == "ablation"))
+    modes = ablation_modes(records)
+    grouped = by_model(records)
+    rows = [[condition, *(" / ".join(ablation_cell(pick(grouped[model], "ablation", method=f"{m}-ablation",
+                                                          neuron_type=condition)) for m in modes)
+                          for model in models)] for condition in conditions]
+    return [Table([f"Δppl ({' / '.join(modes)}-ablation)", *models], rows)] if rows else []
 
-    def column(condition: str) -> Finding:
-        return Finding(f"Δppl {condition} ({' / '.join(modes)})",
-                       lambda rs: " / ".join(ablation_cell(pick(rs, "ablation", method=f"{m}-ablation",
-                                                                neuron_type=condition)) for m in modes))
 
-    return [column(condition) for condition in conditions]
+FINDING_ANALYSES = frozenset(("statistics", "dead", "positional", "ngram", "delta", "attention", "ablation"))
+"""Analyses that give a model a row of the findings table; a model with none of them (the
+calibration models) is named in a sentence pointing to its own section."""
 
 
 def findings_blocks(records: Sequence[dict], link: Callable[[str], object] = str) -> list[Block]:
-    """The findings table (one row per model) and the sentence naming its constant columns."""
-    columns = [*FINDINGS, *ablation_findings(records)]
-    rows = [[link(model), *(c.value(rs) for c in columns)] for model, rs in by_model(records).items()]
+    """The findings: the detections (one row per model), the sentence naming their constant
+    columns, the ablations (one row per condition, one column per model) and the legend."""
+    grouped = by_model(records)
+    models = [m for m, rs in grouped.items() if any(r["analysis"] in FINDING_ANALYSES for r in rs)]
+    rows = [[link(model), *(c.value(grouped[model]) for c in FINDINGS)] for model in models]
+    others = [m for m in grouped if m not in models]
     legend = Paragraph("Counts are over all analysed layers, with the count the detector finds on its null "
                        f"({MISSING}: no null recorded). Δppl: relative change of test perplexity against the "
                        "unablated model; z against the random control of the same size (* |z| ≥ 2, ** |z| ≥ 3); "
                        f"{MISSING}: nothing to ablate.")
-    return [*narrow_blocks(["model", *(c.header for c in columns)], rows, same_for="every model"), legend]
+    aside = [Paragraph(f"{model}: {', '.join(dict.fromkeys(r['analysis'] for r in grouped[model]))} only, "
+                       "in its section below.") for model in others]
+    return [*narrow_blocks(["model", *(c.header for c in FINDINGS)], rows, same_for="every model"),
+            *ablation_glance(records, models), legend, *aside]
 
 
 # -- per-analysis sections ---------------------------------------------------------------------

@@ -26,7 +26,8 @@ def ablation(model: str, condition: str, mode: str, rel: float, z: object, n: in
 
 
 RECORDS = [
-    record("a", "dead", "freq<=eps", {"count": 3, "percent": 1.5, "layer0": 1, "layer1": 2}, neuron_type="dead"),
+    record("a", "dead", "freq<=eps", {"count": 3, "percent": 1.5, "null_count": 0.2, "layer0": 1, "layer1": 2},
+           neuron_type="dead"),
     record("b", "dead", "freq<=eps", {"count": 0, "percent": 0.0, "layer0": 0, "layer1": 0}, neuron_type="dead"),
     record("a", "positional", "mi", {"count": 7, "null_count": 0.5, "layer0": 7, "layer1": 0},
            neuron_type="positional"),
@@ -54,11 +55,16 @@ def test_findings_table_one_row_per_model_with_nulls_and_marked_z():
     table, *notes = findings_blocks(RECORDS)
     assert isinstance(table, Table) and [row[0] for row in table.rows] == ["a", "b"]
     columns = dict(zip(table.headers, zip(*table.rows)))
-    assert columns["dead"] == ("1.5 %", "0 %")
+    assert columns["dead"] == ("1.5 % (3) (null 0.2)", "0 % (0) (null —)")
     assert columns["positional (MI)"] == ("7 (null 0.5)", "7 (null —)")
-    assert columns["Δppl pruning (zero / mean)"] == ("+12.3 % (z 4.2**) / +1 % (z -inf)", "-0.2 % (z 0.3) / —")
     assert "parameters" not in table.headers  # the same for both models: named in the sentence instead
     assert any(isinstance(n, Paragraph) and "parameters 1,000,000" in n.text for n in notes)
+    (ablations,) = [n for n in notes if isinstance(n, Table)]  # one row per condition, one column per model
+    assert ablations.headers == ["Δppl (zero / mean-ablation)", "a", "b"]
+    assert ablations.rows == [["pruning", "+12.3 % (z 4.2**) / +1 % (z -inf)", "-0.2 % (z 0.3) / —"]]
+    calibrated = findings_blocks([*RECORDS, record("c", "calibration", "planted", {"missed": 0})])
+    assert [row[0] for row in calibrated[0].rows] == ["a", "b"]  # a calibration model gets no row
+    assert any(isinstance(n, Paragraph) and n.text == "c: calibration only, in its section below." for n in calibrated)
     assert significance(2.5) == "*" and significance(-3.1) == "**" and significance(float("nan")) == ""
 
 
