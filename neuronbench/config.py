@@ -55,6 +55,7 @@ class RunConfig:
     pruning_ratio: float = 0.1
     top_contexts: int = 20
     page_neurons: int = 5
+    page_ablation: bool = False
     active: str | None = None
     threshold: float | None = None
     dead_freq: float = 0.0
@@ -253,6 +254,8 @@ OPTIONS: tuple[Option, ...] = (
            check=integer(1)),
     Option("--page-neurons", "page_neurons", int, "neurons per detector and model that get a page (default 5)",
            check=integer(1)),
+    Option("--page-ablation", "page_ablation", None, "zero-ablate each neuron that has a page by itself and show "
+           "its Δppl on the eval split there (one evaluation pass per page; default off)", flag_only=True),
     Option("--active", "active", str, "activation rule: positive (a > τ) or magnitude (|a| > τ·layer scale); "
            "default: the model family's (positive for OPT, magnitude for GPT-2, NeoX, Llama, Mamba)",
            check=choice(*ACTIVATION_RULES)),

@@ -79,10 +79,12 @@ def _covered(source: Source, layer: int, neuron: int, decode: Callable[[int], st
 
 def page_data(stats: ActivationStatistics, sources: Mapping[str, Source],
               chosen: Mapping[tuple[int, int], list[dict]],
-              contexts: Mapping[tuple[int, int], list[NeuronContext]], decode: Callable[[int], str]) -> list[dict]:
+              contexts: Mapping[tuple[int, int], list[NeuronContext]], decode: Callable[[int], str],
+              alone: Mapping[tuple[int, int], float] | None = None) -> list[dict]:
     """One JSON-ready page per chosen neuron: reasons, every source's score, frequency, mean, max,
-    covered tokens / trigrams (as strings), the positional frequency profile ``fr(pos)`` and the
-    top contexts."""
+    covered tokens / trigrams (as strings), the positional frequency profile ``fr(pos)``, the
+    top contexts and, when ``alone`` gives it, the Δppl of zero-ablating the neuron by itself
+    (:meth:`~neuronbench.ablation.engine.AblationRunner.alone`)."""
     pages = []
     for (layer, neuron), reasons in chosen.items():
         arrays = stats.layer(layer)
@@ -97,5 +99,6 @@ def page_data(stats: ActivationStatistics, sources: Mapping[str, Source],
                         if _covered(s, layer, neuron, decode)},
             "profile": profile.tolist(),
             "contexts": [c.record(decode) for c in contexts.get((layer, neuron), [])],
+            **({} if alone is None else {"ablated_alone": {"mode": "zero", "ppl_delta_rel": alone[(layer, neuron)]}}),
         })
     return pages

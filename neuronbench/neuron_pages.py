@@ -1,8 +1,9 @@
 """Neuron pages ``neurons/<model>/L<layer>N<index>.md`` rendered from the ``neuron_pages`` data of
 the ``neurons`` records (:mod:`neuronbench.neuron_choice`): why the neuron has a page, its score
 under every detector, frequency, covered tokens / trigrams as strings, its positional frequency
-profile ``fr(pos)`` (a plot, or a sentence when it never varies) and its top activating contexts
-with the activating token marked and the activation on every token shown. The report links
+profile ``fr(pos)`` (a plot, or a sentence when it never varies), with ``--page-ablation`` the
+perplexity change of zero-ablating it by itself, and its top activating contexts with the
+activating token marked and the activation on every token shown. The report links
 them from its "Neuron pages" table.
 """
 
@@ -50,6 +51,10 @@ def page_blocks(model: str, page: dict, out: Path) -> list[Block]:
     blocks += [Table(["detector", "score", "value", "page because"], rows),
                Paragraph(f"Activation frequency {fmt(page['freq'])}, mean activation {fmt(page['mean'])}, "
                          f"max {fmt(page['max'])}.")]
+    if "ablated_alone" in page:
+        effect = page["ablated_alone"]
+        blocks.append(Paragraph(f"{effect['mode'].capitalize()}-ablated by itself: Δppl "
+                                f"{100 * effect['ppl_delta_rel']:+.3g} % on the eval split (no random control)."))
     blocks += [Paragraph(f"Covered by {source}: " + ", ".join(repr(t) for t in tokens) + ".")
                for source, tokens in page["covered"].items()]
     profile = page["profile"]

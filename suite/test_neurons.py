@@ -1,7 +1,8 @@
 """Neuron pages: for the neurons any detector reports (and the strongest of each score, up to
 ``--page-neurons`` per detector and model), their scores, frequency, covered tokens, positional
 profile and top ``--top-contexts`` activating contexts (streamed top-k positions from the capture
-pass, contexts from one targeted forward pass over just the windows that hold them).
+pass, contexts from one targeted forward pass over just the windows that hold them); with
+``--page-ablation``, each page's neuron zero-ablated by itself on the eval split.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ def test_neuron_pages(workspace, record):
     for (layer, neuron), found in contexts.items():
         assert found and found[0].value == stats.layer(layer)["topk_values"][0, neuron]
     tokenizer = workspace.loaded.tokenizer
-    pages = page_data(stats, sources, chosen, contexts, lambda t: tokenizer.decode([t]))
+    alone = workspace.ablation_runner.alone(chosen) if config.page_ablation else None
+    pages = page_data(stats, sources, chosen, contexts, lambda t: tokenizer.decode([t]), alone)
     state = sum(stats.layer(l)[name].nbytes for l in stats.layers for name in ("topk_values", "topk_positions"))
     assert state == sum(topk_state_bytes(config.top_contexts, stats.layer(l)["max"].size) for l in stats.layers)
     record(workspace, analysis="neurons", method="top-k contexts",
            metrics={"pages": len(pages), "top_contexts": config.top_contexts, "topk_state_bytes": state,
                     "context_windows": int(np.unique([c["position"] // stats.window for p in pages
                                                       for c in p["contexts"]]).size)},
-           thresholds={"page_neurons": config.page_neurons, "top_contexts": config.top_contexts},
+           thresholds={"page_neurons": config.page_neurons, "top_contexts": config.top_contexts,
+                       "page_ablation": config.page_ablation},
            neurons=neurons, figures={"neuron_pages": {"window": stats.window, "pages": pages}})

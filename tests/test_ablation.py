@@ -263,6 +263,17 @@ def test_runner_evaluates_each_distinct_set_once(toy_model_dir):
     assert wider.to_record()["controls_shared_with"] == [] and wider.to_record()["control_evaluations_run"] == 2
 
 
+def test_neurons_ablated_alone_are_each_one_evaluation_against_the_baseline(toy_model_dir):
+    loaded = load(toy_model_dir, "gpt2")
+    runner = runner_for(loaded, seeds=2)
+    effects = runner.alone([(0, 1), (1, 5)])
+    base = runner.baseline().ppl
+    assert runner.evaluations == 3  # the baseline and one pass per neuron
+    for (layer, neuron), effect in effects.items():
+        assert effect == runner.perplexity({layer: [neuron]}).ppl / base - 1
+    assert effects[(0, 1)] != effects[(1, 5)]
+
+
 # --------------------------------------------------------------------------------------------
 # Conditions and pruning
 

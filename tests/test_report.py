@@ -11,6 +11,7 @@ from neuronbench.document import Link, Paragraph, Table, fmt, narrow, to_markdow
 from neuronbench.figures import FIGURES, Note, found_nothing, layer_axis
 from neuronbench.findings import analysis_blocks, findings_blocks, significance
 from neuronbench.html import anchor, page_html
+from neuronbench.neuron_pages import page_blocks
 
 
 def record(model: str, analysis: str, method: str, metrics: dict, **extra) -> dict:
@@ -105,3 +106,14 @@ def test_an_analysis_that_finds_nothing_gets_a_sentence_not_an_empty_plot(tmp_pa
         r.setdefault("figures", {})["ablation"] = {"condition": r["neuron_type"]}
     (note,) = FIGURES["ablation"](empty, tmp_path)
     assert isinstance(note, Note) and "pruning" in note.text and not list(tmp_path.iterdir())
+
+
+def test_a_neuron_page_shows_its_ablation_alone_only_when_measured(tmp_path):
+    page = {"layer": 1, "neuron": 7, "reasons": [{"source": "dead", "reported": True}],
+            "scores": {"dead": {"score": "freq", "value": 0.0}}, "freq": 0.0, "mean": 0.0, "max": 0.0,
+            "covered": {}, "profile": [], "contexts": []}
+    texts = [b.text for b in page_blocks("m", page, tmp_path) if isinstance(b, Paragraph)]
+    assert not any("ablated" in str(t) for t in texts)
+    page["ablated_alone"] = {"mode": "zero", "ppl_delta_rel": 0.0123}
+    texts = [b.text for b in page_blocks("m", page, tmp_path) if isinstance(b, Paragraph)]
+    assert "Zero-ablated by itself: Δppl +1.23 % on the eval split (no random control)." in texts

@@ -187,6 +187,13 @@ class AblationRunner:
             return self.baseline()
         return self._run((mode, resolved.name, pairs(normal)), normal, mode, unit)
 
+    def alone(self, neurons: Iterable[tuple[int, int]], mode: str = "zero") -> dict[tuple[int, int], float]:
+        """``{(layer, neuron): Δppl_rel}`` of ablating each neuron by itself, ``p_j / p_0 − 1``:
+        one evaluation pass per neuron (no random control: a single neuron's effect is read
+        against the others', not tested)."""
+        base = self.baseline().ppl
+        return {(layer, neuron): self.perplexity({layer: [neuron]}, mode).ppl / base - 1 for layer, neuron in neurons}
+
     def widths(self, layers: Iterable[int], unit: str) -> dict[int, int]:
         """Width of each layer in ``unit``s."""
         resolved = resolve_unit(self.adapter, unit)
