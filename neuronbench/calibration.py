@@ -1,25 +1,33 @@
 """Calibration: the detectors' answers on a model with planted neurons, against what was planted.
 
-For one planted type (``dead``, ``token``, ``positional``) with planted set ``P`` (per layer,
-each neuron with its expected answer: the covered token, or the positional type) and the
-detector's found set ``F``:
+For one planted type (``dead``, ``token``, ``positional``, ``delta``) with planted set ``P`` (per
+layer, each neuron with its expected answer: the covered token, or the positional type; none for
+dead and Δ-sensitive neurons) and the detector's found set ``F``:
 
 * ``found``: planted neurons in ``F`` whose answer is the expected one (``covered tokens ==
   {expected token}``; positional type ``== expected``); ``wrong``: in ``F`` with another answer;
   ``missed``: not in ``F``;
-* ``false_positives``: neurons of ``F`` outside ``P``.
+* ``false_positives``: neurons of ``F`` outside ``P``;
+* ``null``: the detector's own null calibration summed over layers
+  (:func:`neuronbench.detectors.null.combine`): ``null_count`` neurons expected on a null of the
+  same sample size, with standard deviation ``null_std``.
 
-The calibration passes when ``found == planted`` and ``false_positives ≤ allowed`` (the number
-the detector is expected to find by chance).
+The calibration passes when ``found == planted`` and ``false_positives ≤ null_count + 2 ·
+null_std`` (the number of neurons the detector finds by chance, plus two standard deviations of
+it), i.e. for a count::
+
+    allowed = ⌊null_count + 2 · null_std⌋        (0 for a detector without a null)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from neuronbench.detectors.null import NullCalibration, combine
 from neuronbench.detectors.result import Detection
-from neuronbench.document import Block, Paragraph, narrow_blocks
+from neuronbench.document import MISSING, Block, Paragraph, fmt, narrow_blocks
 
 Neuron = tuple[int, int]
 
@@ -41,6 +49,7 @@ def _covered_token(decode: Callable[[int], str]) -> Callable[[Detection, int], s
 
 ANSWERS: dict[str, Callable[[Callable[[int], str]], Callable[[Detection, int], str | None]]] = {
     "dead": lambda _decode: _no_answer,
+    "delta": lambda _decode: _no_answer,
     "positional": lambda _decode: _positional_type,
     "token": _covered_token,
 }
@@ -57,15 +66,22 @@ class CalibrationResult:
     wrong: tuple[tuple[int, int, str | None, str | None], ...]
     missed: tuple[Neuron, ...]
     false_positives: tuple[Neuron, ...]
-    allowed_false_positives: int
+    null: NullCalibration | None
+
+    @property
+    def allowed_false_positives(self) -> int:
+        """``⌊null_count + 2 · null_std⌋``, 0 without a null (module docstring)."""
+        return 0 if self.null is None else math.floor(self.null.null_count + 2 * self.null.null_std)
 
     @property
     def passed(self) -> bool:
         return len(self.found) == len(self.planted) and len(self.false_positives) <= self.allowed_false_positives
 
-    def metrics(self) -> dict[str, int | bool]:
+    def metrics(self) -> dict[str, int | float | bool | None]:
         return {"planted": len(self.planted), "found": len(self.found), "wrong_answer": len(self.wrong),
                 "missed": len(self.missed), "false_positives": len(self.false_positives),
+                "null_count": None if self.null is None else self.null.null_count,
+                "null_std": None if self.null is None else self.null.null_std,
                 "allowed_false_positives": self.allowed_false_positives, "passed": self.passed}
 
     def describe(self) -> str:
@@ -79,10 +95,10 @@ class CalibrationResult:
 
 
 def calibrate(neuron_type: str, planted: Mapping[int, Mapping[int, str | None]],
-              detections: Mapping[int, Detection], decode: Callable[[int], str],
-              allowed_false_positives: int = 0) -> CalibrationResult:
+              detections: Mapping[int, Detection], decode: Callable[[int], str]) -> CalibrationResult:
     """Compare ``detections`` (``{layer: Detection}``) with ``planted`` (``{layer: {index:
-    expected answer}}``); ``decode`` turns a token id into its text."""
+    expected answer}}``), allowing the false positives of the detections' null (module
+    docstring); ``decode`` turns a token id into its text."""
     answer = ANSWERS[neuron_type](decode)
     found, wrong, missed, false_positives = [], [], [], []
     for layer, detection in sorted(detections.items()):
@@ -99,14 +115,18 @@ def calibrate(neuron_type: str, planted: Mapping[int, Mapping[int, str | None]],
     all_planted = tuple((layer, index) for layer in sorted(planted) for index in sorted(planted[layer]))
     missed += [n for n in all_planted if n[0] not in detections]
     return CalibrationResult(neuron_type, all_planted, tuple(found), tuple(wrong), tuple(missed),
-                             tuple(false_positives), allowed_false_positives)
+                             tuple(false_positives), combine(d.null for d in detections.values()))
 
 
-CALIBRATION_COLUMNS = ("planted", "found", "wrong_answer", "missed", "false_positives", "allowed_false_positives",
-                       "passed")
+CALIBRATION_COLUMNS = ("planted", "found", "wrong_answer", "missed", "false_positives")
+CALIBRATION_HEADERS = ("model", "planted type", *CALIBRATION_COLUMNS, "null (count ± std)", "allowed_false_positives",
+                       "passed", "missed neurons", "false-positive neurons")
 
 
-CALIBRATION_HEADERS = ("model", "planted type", *CALIBRATION_COLUMNS, "missed neurons", "false-positive neurons")
+def _null(metrics: dict) -> str:
+    if metrics.get("null_count") is None:
+        return MISSING
+    return f"{fmt(float(metrics['null_count']))} ± {fmt(float(metrics['null_std']))}"
 
 
 def _named(neurons: list) -> str:
@@ -120,8 +140,9 @@ def calibration_rows(records: list[dict]) -> list[list[object]]:
     for record in records:
         if record["analysis"] == "calibration":
             outcome = record.get("figures", {}).get("calibration", {})
-            rows.append([record["model"], record["neuron_type"],
-                         *(record["metrics"][c] for c in CALIBRATION_COLUMNS),
+            metrics = record["metrics"]
+            rows.append([record["model"], record["neuron_type"], *(metrics[c] for c in CALIBRATION_COLUMNS),
+                         _null(metrics), metrics["allowed_false_positives"], metrics["passed"],
                          _named(outcome.get("missed", [])), _named(outcome.get("false_positives", []))])
     return rows
 
@@ -130,5 +151,7 @@ def calibration_blocks(records: list[dict]) -> list[Block]:
     """The report's calibration section: :func:`calibration_rows` and what they mean."""
     legend = Paragraph("Planted neurons of the calibration models against each planted type's detector: found "
                        "(with the planted covered token or positional type), found with another answer, missed, "
-                       "and neurons found outside the planted set (false positives) against the number allowed.")
+                       "and neurons found outside the planted set (false positives); the detector's null count "
+                       "(neurons it finds on a null of the same sample size, summed over layers) and the false "
+                       "positives allowed, ⌊null count + 2 std⌋.")
     return [*narrow_blocks(list(CALIBRATION_HEADERS), calibration_rows(records), keep=2), legend]

@@ -15,7 +15,10 @@ from neuronbench.data import TokenWindows, load_corpus, token_stream, tokenize_w
 from neuronbench.errors import ConfigError, CorpusError, ModelLoadError
 from neuronbench.models import load_model
 from neuronbench.zoo import RECIPE_VERSION, RECIPES, builtin_dir, get_recipe, train_builtin, verify_builtin
-from neuronbench.zoo import cli, families, planted
+from neuronbench.adapters.mamba import delta_from_dt
+from neuronbench.activation import ACTIVATION_RULES
+from neuronbench.zoo import cli, families, planted, planted_mamba, planting
+from neuronbench.zoo.planted_gpt2 import POSITION_PROFILES, SIGNALS
 from neuronbench.zoo import train as train_module
 from neuronbench.zoo.evaluation import unigram_log_probs, unigram_perplexity, window_perplexity
 from neuronbench.zoo.recipe import batch_indices, learning_rate_factor
@@ -362,8 +365,8 @@ def test_planted_neurons_are_exactly_as_documented(planted_gpt2) -> None:
         elif neuron.kind == "token":
             expected = ids == planted_gpt2.tokenizer.encode(neuron.expect)[0]
         else:
-            _, profile = planted.SIGNALS[neuron.signal]
-            expected = torch.from_numpy(planted.POSITION_PROFILES[profile](positions) == (neuron.sign > 0))
+            _, profile = SIGNALS[neuron.signal]
+            expected = torch.from_numpy(POSITION_PROFILES[profile](positions) == (neuron.sign > 0))
         assert torch.equal(active, expected), neuron
         assert acts[neuron.layer][..., neuron.index][~active].abs().max() <= 1e-6, neuron
         assert not planted_gpt2.model.transformer.h[neuron.layer].mlp.c_proj.weight[neuron.index].any()
@@ -377,4 +380,87 @@ def test_planted_model_keeps_most_of_its_base_model(planted_gpt2) -> None:
 
 def test_planted_token_must_be_one_token(planted_gpt2) -> None:
     with pytest.raises(ValueError, match="must be one"):
-        planted._token_id(planted_gpt2.tokenizer, " functionality of")
+        planting.token_id(planted_gpt2.tokenizer, " functionality of")
+
+
+@pytest.fixture(scope="module")
+def planted_mamba_model():
+    return load_model("planted-mamba", device="cpu")
+
+
+def test_planted_mamba_is_deterministic_and_identified(planted_mamba_model) -> None:
+    again = load_model("planted-mamba", device="cpu")
+    assert planted_mamba_model.source.kind == "planted"
+    assert Path(planted_mamba_model.source.location) == builtin_dir("tiny-mamba")
+    assert planted_mamba_model.weights_sha256 == again.weights_sha256 == planted.state_sha256(again.model)
+    assert planted_mamba_model.weights_sha256 != load_model("tiny-mamba", device="cpu").weights_sha256
+    for name, tensor in planted_mamba_model.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+
+
+def _mamba_internals(loaded, windows: TokenWindows) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """``({layer: neurons}, {layer: log Δ})``, each ``[windows, T, channels]``, recomputed by hooks here."""
+    acts: dict[int, torch.Tensor] = {}
+    log_delta: dict[int, torch.Tensor] = {}
+    hooks = []
+    for l, layer in enumerate(loaded.model.backbone.layers):
+        mixer = layer.mixer
+        hooks.append(mixer.out_proj.register_forward_pre_hook(lambda _m, args, l=l: acts.__setitem__(l, args[0])))
+        hooks.append(mixer.x_proj.register_forward_hook(
+            lambda _m, _args, out, l=l, mixer=mixer: log_delta.__setitem__(
+                l, delta_from_dt(mixer, out[..., :mixer.time_step_rank]).log())))
+    try:
+        with torch.inference_mode():
+            loaded.model(input_ids=windows.input_ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return acts, log_delta
+
+
+def test_planted_mamba_channels_are_exactly_as_documented(planted_mamba_model) -> None:
+    """On 24 windows of pydocs train (every planted token occurs), under the family's rule
+    (|a| > 0.5 · s_l, s_l of the first 4 windows): dead channels are 0,
+    token channels active exactly on their token, positional channels exactly on the first m positions
+    (or from m on), inactive values within 1e-6 of 0; each Δ channel's spread of log Δ is more than
+    5 times the largest of its layer's other channels."""
+    loaded = planted_mamba_model
+    windows = tokenize_windows(load_corpus("pydocs", "train"), loaded.tokenizer, planting.WINDOW,
+                               max_tokens=24 * planting.WINDOW, drop_last=True)
+    acts, log_delta = _mamba_internals(loaded, windows)
+    ids, rule = windows.input_ids, ACTIVATION_RULES["magnitude"]
+    positions = torch.arange(planting.WINDOW).expand_as(ids)
+    spec = planted.PLANTED["planted-mamba"]
+    assert {layer: len(v) for layer, v in spec.expected("delta").items()} == dict.fromkeys(range(4), 1)
+    for neuron in spec.neurons:
+        a = acts[neuron.layer]
+        if neuron.kind == "delta":
+            spread = log_delta[neuron.layer].flatten(0, 1).double().std(dim=0, unbiased=False)
+            others = torch.cat([spread[:neuron.index], spread[neuron.index + 1:]])
+            assert spread[neuron.index] > 5 * others.max(), neuron
+            continue
+        value = a[..., neuron.index]
+        active = value.abs() > rule.default_tau * rule.layer_scale(a[:4].flatten(0, 1))
+        if neuron.kind == "dead":
+            expected = torch.zeros_like(active)
+            assert not value.any(), neuron
+        elif neuron.kind == "token":
+            expected = ids == loaded.tokenizer.encode(neuron.expect)[0]
+            assert expected.any(), neuron
+        else:
+            expected = (positions < neuron.signal) == (neuron.sign > 0)
+        assert torch.equal(active, expected), neuron
+        assert value[~active].abs().max() <= 1e-6, neuron
+        assert not loaded.model.backbone.layers[neuron.layer].mixer.out_proj.weight[:, neuron.index].any()
+
+
+def test_planted_mamba_keeps_most_of_its_base_model(planted_mamba_model) -> None:
+    windows = tokenize_windows(load_corpus("pydocs", "test"), planted_mamba_model.tokenizer, planting.WINDOW)
+    ppl = window_perplexity(planted_mamba_model.model, windows, batch_size=32).perplexity
+    assert ppl <= 1.1 * verify_builtin("tiny-mamba")["test_perplexity"]
+
+
+def test_planted_mamba_positional_channel_must_fit_the_conv(planted_mamba_model) -> None:
+    mixer = planted_mamba_model.model.backbone.layers[0].mixer
+    with pytest.raises(ValueError, match="positions back"):
+        planted_mamba._plant_positional(mixer, planting.PlantedNeuron("positional", 0, 5, 4, 1), 0)

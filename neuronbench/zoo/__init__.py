@@ -1,7 +1,7 @@
 """The built-in trained models ``tiny-gpt2``, ``tiny-opt`` and ``tiny-mamba``: their recipe, the
 training run that regenerates the shipped files (``python -m neuronbench zoo train <name>``), the
 check of the shipped files (:func:`verify_builtin`), and the calibration models made from them
-(:mod:`neuronbench.zoo.planted`).
+(:mod:`neuronbench.zoo.planted`: ``planted-gpt2``, ``planted-mamba``).
 """
 
 from neuronbench.zoo.artifacts import builtin_dir, verify_builtin
