@@ -1,5 +1,5 @@
-"""Neuron pages: for the neurons any detector reports (and the strongest of each score, up to
-``--page-neurons`` per detector and model), their scores, frequency, covered tokens, positional
+"""Neuron pages: for the neurons any detector reports (Mamba's attention channels included) and
+the strongest of each score, up to ``--page-neurons`` per detector and model: their scores, frequency, covered tokens, positional
 profile and top ``--top-contexts`` activating contexts (streamed top-k positions from the capture
 pass, contexts from one targeted forward pass over just the windows that hold them); with
 ``--page-ablation``, each page's neuron zero-ablated by itself on the eval split.
@@ -12,7 +12,7 @@ import pytest
 
 from neuronbench.capture.topk import topk_state_bytes
 from neuronbench.contexts import top_contexts
-from neuronbench.neuron_choice import choose_neurons, page_data, source_of
+from neuronbench.neuron_choice import Source, choose_neurons, page_data, source_of
 
 pytestmark = pytest.mark.neurons
 
@@ -27,9 +27,28 @@ SOURCES = {
 """Page sources: detector name → its :class:`~neuronbench.neuron_choice.Source` for a workspace."""
 
 
+def attention_source(workspace) -> Source:
+    """Mamba's attention units are its channels, i.e. its neurons: the top-k channels per layer
+    by ``attention_weighted`` (the attention case's choice) as a page source."""
+    scores, config = workspace.attention_scores, workspace.config
+    top = scores.top_k("attention_weighted", config.top_k, config.attention_scope)
+    reported: dict[int, list[int]] = {}
+    for unit in top:
+        reported.setdefault(unit.layer, []).append(unit.index)
+    return Source("attention_weighted", scores.measure("attention_weighted"), reported)
+
+
+def sources_of(workspace) -> dict[str, Source]:
+    """Every page source of the workspace's model (the attention channels for an SSM)."""
+    sources = {name: make(workspace) for name, make in SOURCES.items()}
+    if workspace.loaded.adapter.has_ssm:
+        sources["attention"] = attention_source(workspace)
+    return sources
+
+
 def test_neuron_pages(workspace, record):
     stats, config = workspace.stats, workspace.config
-    sources = {name: make(workspace) for name, make in SOURCES.items()}
+    sources = sources_of(workspace)
     chosen = choose_neurons(sources, config.page_neurons)
     neurons: dict[int, list[int]] = {}
     for layer, neuron in chosen:
