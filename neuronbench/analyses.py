@@ -23,7 +23,8 @@ class NeuronType:
 NEURON_TYPES: dict[str, NeuronType] = {
     "dead": NeuronType("dead", lambda c: {"eps": c.dead_freq, "null_freq": c.dead_null_freq,
                                           "warn_fraction": c.null_warn_fraction}),
-    "rarely_active": NeuronType("rarely_active", lambda c: {"max_freq": c.rare_freq}),
+    "rarely_active": NeuronType("rarely_active", lambda c: {"max_freq": c.rare_freq, "null_freq": c.rare_null_freq,
+                                                            "warn_fraction": c.null_warn_fraction}),
     "positional": NeuronType("positional", lambda c: {"min_mi": c.positional_mi, "warn_fraction": c.null_warn_fraction,
                                                       "extreme": c.positional_extreme}),
     "positional_pearson": NeuronType("positional_pearson", lambda c: {"min_abs_r": c.positional_r,
@@ -41,4 +42,5 @@ NEURON_TYPES: dict[str, NeuronType] = {
 def trigram_thresholds(config: RunConfig) -> dict:
     """Thresholds of the trigram detector (and of its candidate pass)."""
     return {"coverage": config.ngram_coverage, "min_occurrences": config.min_occurrences,
-            "occurrence_rate": config.token_occurrence_rate, "covered_share": config.token_covered_share}
+            "occurrence_rate": config.token_occurrence_rate, "covered_share": config.token_covered_share,
+            "warn_fraction": config.null_warn_fraction}

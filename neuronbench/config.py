@@ -62,6 +62,7 @@ class RunConfig:
     dead_null_freq: float = 1e-3
     null_warn_fraction: float = 0.1
     rare_freq: float = 0.05
+    rare_null_freq: float | None = None
     positional_mi: float = 0.05
     positional_r: float = 0.3
     positional_extreme: float = 0.05
@@ -270,6 +271,9 @@ OPTIONS: tuple[Option, ...] = (
            "exceed this share of its findings (default 0.1)", check=FRACTION),
     Option("--rare-freq", "rare_freq", float, "rarely active iff 0 < freq < this (default 0.05)",
            check=FRACTION),
+    Option("--rare-null-freq", "rare_null_freq", float, "ρ₁: the rarely-active detector's null is a neuron active "
+           "on this share of tokens, in (rare-freq, 1]; it sets the minimum sample (default twice --rare-freq, "
+           "at most 1: 183 tokens)", check=real(0.0, 1.0, open_low=True)),
     Option("--positional-mi", "positional_mi", float, "positional iff I(act; pos) > this (default 0.05)",
            check=real(0.0, math.log(2))),
     Option("--positional-r", "positional_r", float, "Pearson positional iff |r| > this (default 0.3)",

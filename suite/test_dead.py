@@ -50,7 +50,8 @@ def test_rarely_active(workspace, record):
     rare = workspace.detections("rarely_active")
     count = sum(int(d.indices.size) for d in rare.values())
     record(workspace, analysis="dead", method="0<freq<rho", neuron_type="rarely_active",
-           metrics={"count": count, **counts_of(rare)}, thresholds=next(iter(rare.values())).thresholds,
+           metrics={"count": count, **counts_of(rare), **null_metrics(rare)},
+           thresholds=next(iter(rare.values())).thresholds,
            neurons=neurons_of(rare))
 
 

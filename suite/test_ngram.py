@@ -50,6 +50,7 @@ def test_trigram(workspace, record):
     trigram = workspace.trigram_detections
     count = sum(int(d.indices.size) for d in trigram.values())
     record(workspace, analysis="ngram", method="trigram", neuron_type="trigram",
-           metrics={"count": count, **{f"layer{l}": int(d.indices.size) for l, d in trigram.items()}},
+           metrics={"count": count, **null_metrics(trigram),
+                    **{f"layer{l}": int(d.indices.size) for l, d in trigram.items()}},
            thresholds=next(iter(trigram.values())).thresholds if trigram else {},
            neurons={layer: d.indices.tolist() for layer, d in trigram.items()})

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from neuronbench.capture import CaptureConfig, NeuronLayout, StatisticsCollector
+from neuronbench.data import TokenWindows
 from neuronbench.detectors import (detect_dead, detect_delta_sensitive, detect_positional, detect_positional_pearson,
-                                   detect_token_detecting)
-from neuronbench.detectors.dead import min_dead_tokens
+                                   detect_rarely_active, detect_token_detecting, detect_trigram,
+                                   input_change_sensitivity)
+from neuronbench.detectors.dead import false_rare_probability, min_dead_tokens, min_rare_tokens
 from neuronbench.detectors.null import calibrate, combine
 from neuronbench.detectors.positional import (mi_null, min_mi_windows, min_pearson_windows,
                                               position_frequencies, positional_mutual_information)
@@ -109,8 +111,121 @@ def test_token_null_matches_chance_token_detectors(n_tokens, vocab):
     stats = capture(bernoulli(generator, (ids.shape[0], 20, 1500), rates), ids, vocab, positional=False,
                     token_counts=True)
     found = detect_token_detecting(stats, min_occurrences=1)[0]
-    assert found.null.null_count > 5
+    assert found.null.null_count > 2
     assert_matches(found, found.indices.size)
+
+
+@pytest.mark.parametrize("n_tokens", [200, 300])
+def test_rare_null_matches_common_neurons_that_look_rare(n_tokens):
+    """Neurons active on ρ₁ = 2ρ of the tokens, just above the minimum sample."""
+    generator = np.random.default_rng(n_tokens)
+    found = detect_rarely_active(capture(bernoulli(generator, (n_tokens, 1, 4000), 0.1), positional=False))[0]
+    assert found.null.null_count == pytest.approx(4000 * false_rare_probability(n_tokens, 0.05, 0.1))
+    assert found.null.null_count > 2
+    assert_matches(found, found.indices.size)
+
+
+def test_rare_detector_finds_planted_rare_neurons_with_a_negligible_null():
+    generator = np.random.default_rng(1)
+    rates = np.r_[np.full(10, 0.01), np.zeros(5), np.full(300, 0.1), generator.uniform(0.2, 0.9, 300)]
+    found = detect_rarely_active(capture(bernoulli(generator, (2000, 1, rates.size), rates), positional=False))[0]
+    assert found.indices.tolist() == list(range(10))
+    assert found.null.null_count < 1e-3 and found.null.warning is None
+
+
+def zipf_ids(generator, n_windows: int, length: int, vocab: int) -> np.ndarray:
+    weights = 1 / np.arange(1, vocab + 1)
+    return generator.choice(vocab, size=(n_windows, length), p=weights / weights.sum())
+
+
+def trigram_stats(acts: np.ndarray, ids: np.ndarray, vocab: int) -> object:
+    return capture(acts, ids, vocab, positional=False, token_counts=True, trigrams=True, trigram_neurons="all")
+
+
+@pytest.mark.parametrize("n_tokens", [1000, 3000])
+def test_trigram_null_matches_chance_trigram_detectors(n_tokens):
+    """Neurons firing at random, rare ones included, on a Zipfian token stream."""
+    generator = np.random.default_rng(n_tokens)
+    ids = zipf_ids(generator, n_tokens // 20, 20, 300)
+    rates = np.exp(generator.uniform(np.log(2 / n_tokens), np.log(0.2), size=400))
+    found = detect_trigram(trigram_stats(bernoulli(generator, (ids.shape[0], 20, 400), rates), ids, 300))[0]
+    assert found.null.null_count > 5 and found.null.warning is not None
+    assert_matches(found, found.indices.size)
+
+
+def test_trigram_detector_finds_planted_frequent_trigrams_with_a_negligible_null():
+    """Two neurons fire exactly at the end of a planted trigram (≈100 occurrences each), 200 at
+    random rates ≥ 5%: the planted ones are found, and no null neuron has their activation counts."""
+    generator = np.random.default_rng(2)
+    ids = zipf_ids(generator, 150, 20, 300)
+    planted = ((7, 8, 9), (11, 12, 13))
+    for trigram in planted:
+        for window in generator.choice(150, size=100, replace=False):
+            start = generator.integers(0, 17)
+            ids[window, start:start + 3] = trigram
+    acts = bernoulli(generator, (150, 20, 202), generator.uniform(0.05, 0.5, size=202))
+    for column, (a, b, c) in enumerate(planted):
+        end = np.zeros(ids.shape, dtype=bool)
+        end[:, 2:] = (ids[:, :-2] == a) & (ids[:, 1:-1] == b) & (ids[:, 2:] == c)
+        acts[:, :, column] = np.where(end, 1.0, -1.0)
+    found = detect_trigram(trigram_stats(acts, ids, 300))[0]
+    assert found.indices.tolist() == [0, 1]
+    assert found.null.null_count < 0.1 and found.null.warning is None
+
+
+class NoisyLookup(torch.nn.Module):
+    """A one-layer "model": ``a_j(t) = 1 + 0.1·ε_{t,j} + s_j · table[x_t, j]``, with ``ε`` fresh standard
+    normal noise on every forward pass (seeded) and a fixed standard normal ``table``. Neurons with
+    ``s_j = 0`` do not read the input: they differ only by chance."""
+
+    def __init__(self, reads: np.ndarray, vocab: int = 200):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(0)
+        self.table = torch.nn.Parameter(torch.randn(vocab, reads.size, generator=self.generator, dtype=torch.float64)
+                                        * torch.from_numpy(reads), requires_grad=False)
+        self.neurons = torch.nn.Identity()
+        self.config = type("Config", (), {"vocab_size": vocab})()
+
+    def forward(self, input_ids, attention_mask, use_cache):
+        noise = torch.randn(*input_ids.shape, self.table.shape[1], generator=self.generator, dtype=torch.float64)
+        return self.neurons(1 + 0.1 * noise + self.table[input_ids])
+
+
+class NoisyLookupAdapter:
+    num_layers = 1
+
+    def __init__(self, model: NoisyLookup):
+        self.model = model
+
+    def neuron_width(self, layer: int) -> int:
+        return self.model.table.shape[1]
+
+    def register_capture(self, layer, kinds, sink):
+        return [self.model.neurons.register_forward_hook(lambda _, __, out: sink(act_name(0, NEURONS), out))]
+
+
+def lookup_sensitivity(reads: np.ndarray, n_samples: int, top_k: int, seed: int) -> object:
+    """Input-change sensitivity of a :class:`NoisyLookup` over 64 random windows of 16 tokens."""
+    model = NoisyLookup(reads)
+    ids = torch.from_numpy(np.random.default_rng(seed).integers(0, 200, size=(64, 16)))
+    windows = TokenWindows(input_ids=ids, attention_mask=torch.ones_like(ids), n_tokens=ids.numel())
+    return input_change_sensitivity(model, NoisyLookupAdapter(model), windows, n_samples=n_samples, horizon=4,
+                                    top_k=top_k, batch_size=64, seed=seed)[0]
+
+
+@pytest.mark.parametrize("n_samples", [32, 128])
+def test_input_change_null_says_the_top_k_of_a_uniform_layer_are_chance(n_samples):
+    """Neurons that differ only by chance: every one of the top 10 is a false positive."""
+    found = lookup_sensitivity(np.zeros(1000), n_samples, 10, n_samples)
+    assert found.null.warning is not None
+    assert_matches(found, 10)
+
+
+def test_input_change_null_of_planted_sensitive_neurons_is_negligible():
+    found = lookup_sensitivity(np.r_[np.full(10, 3.0), np.zeros(990)], 64, 10, 0)
+    assert found.indices.tolist() == list(range(10))
+    assert found.null.null_count < 0.01 and found.null.warning is None
+    assert found.details["above_null"] == 10 and found.details["null_p"][:10].max() < 1e-3
 
 
 def test_delta_null_says_the_top_k_of_a_uniform_layer_are_not_special():
@@ -130,6 +245,8 @@ def test_too_small_samples_are_errors_naming_the_minimum():
     few = capture(bernoulli(generator, (8, 32, 10), 0.5))
     with pytest.raises(CaptureError, match=f"at least {min_dead_tokens()} analysed tokens"):
         detect_dead(few)
+    with pytest.raises(CaptureError, match=f"at least {min_rare_tokens()} analysed tokens"):
+        detect_rarely_active(capture(bernoulli(generator, (182, 1, 10), 0.5)))
     with pytest.raises(CaptureError, match=f"at least {min_mi_windows(32, 0.05)} full-length windows"):
         detect_positional(few)
     assert min_mi_windows(32, 0.05) == 20 and min_mi_windows(128, 0.05) == 20

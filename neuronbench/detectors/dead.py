@@ -8,9 +8,7 @@ other thresholds).
   inert, each layer's detection also reports the share of the layer's activation mass carried by
   its dead set, ``mass_share = Σ_{j dead} Σ_t |a_{t,j}| / Σ_j Σ_t |a_{t,j}|`` (0 when the layer's
   mass is 0), and each dead neuron's ``max |a| = max(|max_t a|, |min_t a|)``;
-* rarely active: ``0 < freq_j < ρ`` (default ρ = 0.05). A band of the frequency estimate, not a test
-  against a null: it has no null calibration (the binomial error of ``freq_j`` is
-  ``sqrt(freq_j (1 − freq_j) / n)``).
+* rarely active: ``0 < freq_j < ρ`` (default ρ = 0.05).
 
 **Null of the dead detector.** A neuron is "falsely dead" when it is alive, active on a share
 ``ρ₀`` of tokens (``--dead-null-freq``, default :data:`DEAD_NULL_FREQ` = 10⁻³, must exceed ε), yet
@@ -19,18 +17,35 @@ shows at most ``⌊ε n⌋`` activations in the ``n`` analysed tokens::
     p = P(Binomial(n, ρ₀) ≤ ⌊ε n⌋)        (= (1 − ρ₀)ⁿ for ε = 0)
 
 the same for every neuron (:mod:`neuronbench.detectors.null` turns it into the null count
-``W·p``). **Minimum sample**: the smallest ``n`` with ``p ≤ 0.01`` (:func:`min_dead_tokens`; 4,603
+``W·p``). **Minimum sample**: the ``n`` from which on ``p ≤ 0.01`` (:func:`min_dead_tokens`; 4,603
 tokens for ρ₀ = 10⁻³ and ε = 0): with fewer tokens a neuron active on 0.1% of tokens is called dead
 more than once in a hundred, and detection is an error naming the minimum.
+
+**Null of the rarely-active detector.** The claim "rarely active" is that ``j``'s true rate lies
+below ρ; a false positive is a neuron that is *not* rare yet shows ``1 ≤ k < ρn`` activations in the
+``n`` analysed tokens (a neuron with true rate 0 never fires, so it can only be called dead). The null
+neuron is commonly active at rate ``ρ₁`` (``--rare-null-freq``, default ``min(2ρ, 1)``: twice the
+threshold rate, clearly not rare; must lie in (ρ, 1])::
+
+    p = P(1 ≤ Binomial(n, ρ₁) ≤ K),   K = max{k : k/n < ρ}   (= P(Bin ≤ K) − (1 − ρ₁)ⁿ)
+
+the same for every neuron, so the null count is ``W·p``. The null is not put *at* the boundary
+ρ: there ``p → ½`` at every sample size (a rate estimate cannot tell ρ from ρ − 0), which says
+nothing about the sample. **Minimum sample**: the ``n`` from which on ``P(Bin(n, ρ₁) ≤ K) ≤ 0.01``
+(:func:`min_rare_tokens`; 183 tokens for ρ = 0.05, ρ₁ = 0.1): with fewer, a neuron active on a
+share ρ₁ of the tokens looks rare (or dead) more than once in a hundred, and detection is an error
+naming the minimum. (Both probabilities are sawtooths in ``n``, jumping up where ``⌊εn⌋`` or ``K``
+steps; a minimum is the sample size from which on they stay below the bound, :func:`smallest_sample`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import math
 
 import numpy as np
+import torch
 
 from neuronbench.capture import ActivationStatistics
 from neuronbench.detectors.null import WARN_FRACTION, calibrate
@@ -44,30 +59,103 @@ RARE_FREQ = 0.05
 DEAD_NULL_FREQ = 1e-3
 """ρ₀: the activation frequency of the alive neuron of the dead detector's null."""
 MAX_FALSE_DEAD = 0.01
-"""The minimum sample makes a neuron active at ρ₀ look dead with at most this probability."""
+"""The minimum sample makes a neuron active at ρ₀ look dead (at ρ₁: rare or dead) with at most this
+probability."""
+
+
+def binomial_cdf(n: int, k: int, rho: float) -> float:
+    """``P(Binomial(n, ρ) ≤ k)`` (0 for ``k < 0``, 1 for ``ρ = 0``), summed exactly in log space."""
+    if k < 0:
+        return 0.0
+    if rho == 0 or k >= n:
+        return 1.0
+    if rho == 1:
+        return 0.0
+    i = torch.arange(k + 1, dtype=torch.float64)
+    log_choose = math.lgamma(n + 1) - torch.lgamma(i + 1) - torch.lgamma(n - i + 1)
+    return float(torch.exp(log_choose + i * math.log(rho) + (n - i) * math.log1p(-rho)).sum())
 
 
 def false_dead_probability(n: int, eps: float, rho0: float) -> float:
-    """``P(Binomial(n, ρ₀) ≤ ⌊ε n⌋)``, summed exactly in log space."""
-    k = math.floor(eps * n)
-    i = np.arange(k + 1, dtype=np.float64)
-    log_choose = np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) for j in i])
-    terms = log_choose + i * math.log(rho0) + (n - i) * math.log1p(-rho0)
-    return float(np.exp(terms).sum())
+    """``P(Binomial(n, ρ₀) ≤ ⌊ε n⌋)``."""
+    return binomial_cdf(n, math.floor(eps * n), rho0)
+
+
+def below_count(n: int, rho: float) -> int:
+    """``K = max{k : k/n < ρ}``, with the detector's own floating-point comparison."""
+    k = math.ceil(rho * n) - 1
+    while (k + 1) / n < rho:
+        k += 1
+    while k >= 0 and k / n >= rho:
+        k -= 1
+    return k
+
+
+def false_rare_probability(n: int, rho: float, rho1: float) -> float:
+    """``P(1 ≤ Binomial(n, ρ₁) ≤ K)`` (module docstring)."""
+    return max(binomial_cdf(n, below_count(n, rho), rho1) - (1.0 - rho1) ** n, 0.0)
+
+
+def first_above(f: Callable[[int], int], n: int) -> int:
+    """The smallest ``m > n`` with ``f(m) > f(n)`` for a non-decreasing, unbounded ``f``."""
+    low, high = n, 2 * n
+    while f(high) <= f(n):
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if f(middle) > f(n) else (middle, high)
+    return high
+
+
+def smallest_sample(count: Callable[[int], int], rate: float) -> int:
+    """The smallest ``n`` from which on ``P(Binomial(m, rate) ≤ count(m)) ≤`` :data:`MAX_FALSE_DEAD`
+    for every ``m ≥ n`` (``count`` non-decreasing and unbounded).
+
+    The probability is a sawtooth: it decreases in ``m`` while ``count(m)`` stays, and jumps up where
+    ``count`` steps. So the segments of constant ``count`` are walked: the answer is found at the first
+    segment whose first (highest) value is below the bound, as the first good ``m`` of the segment before
+    (found by bisection) or that segment's start; the peaks decrease from there on (a binomial lower
+    tail below its mean, ``count(m)/m < rate``)."""
+    def probability(m: int) -> float:
+        return binomial_cdf(m, count(m), rate)
+
+    n, answer = 1, None
+    while probability(n) > MAX_FALSE_DEAD:
+        end = first_above(count, n)
+        answer = None
+        if probability(end - 1) <= MAX_FALSE_DEAD:
+            low, high = n, end - 1
+            while low < high:
+                middle = (low + high) // 2
+                low, high = (middle + 1, high) if probability(middle) > MAX_FALSE_DEAD else (low, middle)
+            answer = low
+        n = end
+    return n if answer is None else answer
 
 
 def min_dead_tokens(eps: float = DEAD_FREQ, rho0: float = DEAD_NULL_FREQ) -> int:
-    """The smallest ``n`` with ``false_dead_probability(n, ε, ρ₀) ≤`` :data:`MAX_FALSE_DEAD`."""
+    """The ``n`` from which on ``false_dead_probability(n, ε, ρ₀) ≤`` :data:`MAX_FALSE_DEAD`."""
+    closed_form = math.ceil(math.log(MAX_FALSE_DEAD) / math.log1p(-rho0))
     if eps == 0:
-        return math.ceil(math.log(MAX_FALSE_DEAD) / math.log1p(-rho0))
-    high = math.ceil(math.log(MAX_FALSE_DEAD) / math.log1p(-rho0))
-    while false_dead_probability(high, eps, rho0) > MAX_FALSE_DEAD:
-        high *= 2
-    low = 1
-    while low < high:
-        middle = (low + high) // 2
-        low, high = (middle + 1, high) if false_dead_probability(middle, eps, rho0) > MAX_FALSE_DEAD else (low, middle)
-    return low
+        return closed_form
+    return smallest_sample(lambda n: math.floor(eps * n), rho0)
+
+
+def rare_null_freq(rho: float, rho1: float | None) -> float:
+    """ρ₁: ``min(2ρ, 1)`` by default, else ``rho1`` checked to lie in (ρ, 1]."""
+    if rho1 is None:
+        return min(2.0 * rho, 1.0)
+    if rho == 1.0:
+        return check_range("rarely-active null frequency ρ₁", rho1, rho, 1.0)
+    return check_range("rarely-active null frequency ρ₁", rho1, rho, 1.0, low_open=True)
+
+
+def min_rare_tokens(rho: float = RARE_FREQ, rho1: float | None = None) -> int:
+    """The ``n`` from which on ``P(Binomial(n, ρ₁) ≤ K(n)) ≤`` :data:`MAX_FALSE_DEAD` (module docstring)."""
+    rho1 = rare_null_freq(rho, rho1)
+    if rho1 == 1.0:
+        return 1
+    return smallest_sample(lambda n: below_count(n, rho), rho1)
 
 
 def _frequencies(stats: ActivationStatistics, layer: int) -> np.ndarray:
@@ -114,14 +202,29 @@ def dead_mass(stats: ActivationStatistics, layer: int, dead: np.ndarray) -> dict
 
 
 def detect_rarely_active(stats: ActivationStatistics, *, layers: Sequence[int] | str | None = None,
-                         max_freq: float = RARE_FREQ) -> dict[int, Detection]:
-    """Rarely active neurons: ``0 < freq_j < ρ``, ρ ∈ (0, 1]. Scores: ``freq``."""
+                         max_freq: float = RARE_FREQ, null_freq: float | None = None,
+                         warn_fraction: float = WARN_FRACTION) -> dict[int, Detection]:
+    """Rarely active neurons: ``0 < freq_j < ρ``, ρ ∈ (0, 1], with the null of the module docstring
+    (ρ₁ = ``null_freq``, default ``min(2ρ, 1)``). Scores: ``freq``. Fewer tokens than
+    :func:`min_rare_tokens` is a :class:`CaptureError`."""
     max_freq = check_range("rarely-active frequency ρ", max_freq, 0.0, 1.0, low_open=True)
+    null_freq = rare_null_freq(max_freq, null_freq)
+    needed = min_rare_tokens(max_freq, null_freq)
+    if stats.n_tokens < needed:
+        raise CaptureError(
+            f"rarely-active detection needs at least {needed} analysed tokens (so that a neuron active on a share "
+            f"{null_freq:g} of tokens looks rarely active or dead with probability ≤ {MAX_FALSE_DEAD:g}); the capture "
+            f"saw {stats.n_tokens}: analyse more tokens (--max-tokens) or raise --rare-null-freq")
+    p = false_rare_probability(stats.n_tokens, max_freq, null_freq) if stats.n_tokens > 0 else 0.0
     out = {}
     for layer in select_layers(stats, layers):
         freq = _frequencies(stats, layer)
-        out[layer] = Detection("rarely_active", layer, found((freq > 0) & (freq < max_freq)), freq, "freq",
-                               {"max_freq": max_freq, "tau": stats.threshold}, stats.n_tokens)
+        rare = found((freq > 0) & (freq < max_freq))
+        null = calibrate(f"active at rate {null_freq:g}: P(1 ≤ Bin(n, ρ₁) < ρn) = {p:.3g} per neuron",
+                         np.full(freq.size, p), rare.size, warn_fraction)
+        out[layer] = Detection("rarely_active", layer, rare, freq, "freq",
+                               {"max_freq": max_freq, "tau": stats.threshold, "null_freq": null_freq,
+                                "warn_fraction": warn_fraction}, stats.n_tokens, null=null)
     return out
 
 

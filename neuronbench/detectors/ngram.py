@@ -15,20 +15,30 @@ Token-detecting (unigrams): ``1 ≤ n_j ≤ 5`` and covered share ``≥ 0.95``. 
 (:mod:`neuronbench.detectors.trigram`) applies the same rule to trigrams with ``1 ≤ n_j ≤ 50``.
 Unigram statistics count every real, non-excluded position.
 
-**Null of the token detector** (:func:`token_null`): token identities permuted against the
-activations. Under that permutation a neuron with ``N_j`` activations on non-excluded tokens has
-them on a uniformly random ``N_j``-subset of the ``n`` counted positions, so its per-token counts
-are multivariate hypergeometric with the stream's occurrences ``occ(t)``: computable from the
-streamed tables alone (``N_j`` and ``occ``), with no second pass. The probability ``p(N)`` that such
-a neuron passes the detector depends only on ``N``; it is simulated (:data:`NULL_DRAWS` draws,
-seeded) on a geometric grid of ``N`` from 1 to ``n`` and interpolated in ``log N``
-(``p_j = p(N_j)``; ``p = 0`` for ``N_j = 0``). Rare neurons are the ones at risk: one activation on a
-token seen once is a "token detector" at ``min_occurrences = 1``. Trigram detectors have no null
-yet.
+**Null of the n-gram detectors** (:func:`permutation_null`): n-gram identities permuted against
+the activations. Under that permutation a neuron with ``N_j`` activations at counted positions has
+them on a uniformly random ``N_j``-subset of the ``n`` counted positions, so its per-n-gram counts are
+multivariate hypergeometric with the stream's occurrences ``occ(g)``: computable from the streamed
+tables alone (``N_j`` and ``occ``), with no second pass. The token detector uses the unigram
+occurrences and its ``1 ≤ count ≤ max_tokens``; the trigram detector
+(:mod:`neuronbench.detectors.trigram`) the trigram occurrences (``n`` = the trigram positions,
+``N_j = E_j``) and its ``min_trigrams ≤ count ≤ max_trigrams``. The probability ``p(N)`` that such a
+neuron passes the detector depends only on ``N``; it is simulated (:data:`NULL_DRAWS` draws, seeded)
+and interpolated in ``log N`` (``p_j = p(N_j)``; ``p = 0`` for ``N_j = 0``). A draw is a prefix of a
+random ordering of the ``n`` positions (one ordering per draw serves every ``N``: each prefix is a
+uniformly random subset). The grid is every ``N`` from 1 to ``⌈2·high/coverage⌉`` (where ``p`` falls
+from ≈ 1 to ≈ 0 on streams of mostly distinct n-grams) and :data:`NULL_GRID` geometric points up to
+the **reach** ``R = ⌊T_high / coverage⌋ + 1``, with ``T_high`` the sum of the ``high`` largest
+occurrences: a neuron with ``N > R`` cannot have ``≤ high`` n-grams covering ``coverage · N``
+(each covers at most its ``occ(g)`` activations), so ``p(N) = 0`` exactly there. Rare neurons are the
+ones at risk: one activation on a token seen once is a "token detector" at ``min_occurrences = 1``.
+The Monte Carlo error of ``Σ p_j`` is bounded by ``Σ_j sqrt(p_j (1 − p_j) / draws)`` (the grid points
+share their draws, so the errors are added as if fully correlated).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,11 +63,13 @@ MAX_TOKENS = 5
 NEURON_CHUNK = 256
 """Neurons per block when the per-token table is materialised (bounds analysis memory)."""
 NULL_DRAWS = 200
-"""Simulated null neurons per grid point of the token null."""
+"""Simulated null neurons per grid point of the n-gram null."""
 NULL_GRID = 40
-"""Grid points (geometric in N) of the token null."""
+"""Geometric grid points (in N) of the n-gram null."""
 NULL_SEED = 0
-"""Seed of the token null's simulation (the null is deterministic)."""
+"""Seed of the n-gram null's simulation (the null is deterministic)."""
+NULL_CELLS = 1 << 22
+"""Bound on the cells (draws × (positions + n-grams)) of one block of simulated draws (memory)."""
 
 
 def ascending_by_neuron(counts: np.ndarray) -> np.ndarray:
@@ -115,14 +127,14 @@ class NgramThresholds:
         """Detect in ``counts [K, C]``: ``low ≤ count ≤ high`` and covered share ``≥ covered_share``;
         ``occurrences`` is ``[K]`` (the same n-grams for every column) or ``[K, C]``."""
         count, total = ngram_counts(counts, self.coverage)
-        share, covered = {}, {}
-        for column in np.flatnonzero((count >= low) & (count <= high)):
-            hits, seen = counts[:, column], occurrences if occurrences.ndim == 1 else occurrences[:, column]
-            rows = np.flatnonzero((seen >= self.min_occurrences) & (hits >= self.occurrence_rate * seen))
-            covered_activations = int(hits[rows].sum())
-            share[int(column)] = covered_activations / total[column]
-            if covered_activations >= self.covered_share * total[column]:
-                covered[int(column)] = rows
+        columns = np.flatnonzero((count >= low) & (count <= high))
+        hits = counts[:, columns]
+        seen = occurrences[:, None] if occurrences.ndim == 1 else occurrences[:, columns]
+        eligible = (seen >= self.min_occurrences) & (hits >= self.occurrence_rate * seen)
+        covered_activations = np.where(eligible, hits, 0).sum(axis=0, dtype=np.int64)
+        share = {int(c): int(a) / total[c] for c, a in zip(columns, covered_activations)}
+        detected = covered_activations >= self.covered_share * total[columns]
+        covered = {int(columns[i]): np.flatnonzero(eligible[:, i]) for i in np.flatnonzero(detected)}
         return BlockDetection(count, total, share, covered)
 
     def as_dict(self) -> dict[str, float]:
@@ -131,37 +143,62 @@ class NgramThresholds:
 
 
 @dataclass(frozen=True)
-class TokenNull:
-    """``p(N)`` on a geometric grid of activation totals ``N`` (module docstring)."""
+class PermutationNull:
+    """``p(N)`` on a grid of activation totals ``N`` (module docstring); ``p = 0`` above ``reach``."""
 
+    method: str
     totals: np.ndarray
     passing: np.ndarray
     draws: int
+    reach: int
 
     def at(self, totals: np.ndarray) -> np.ndarray:
         p = np.interp(np.log(np.maximum(totals, 1)), np.log(self.totals), self.passing)
-        return np.where(totals > 0, p, 0.0)
+        return np.where((totals > 0) & (totals <= self.reach), p, 0.0)
 
     def calibration(self, totals: np.ndarray, found: int, warn_fraction: float) -> NullCalibration:
         p = self.at(totals)
-        return calibrate("token identities permuted against activations (simulated)", p, found, warn_fraction,
-                         float(np.sqrt(p * (1 - p) / self.draws).sum()))
+        return calibrate(self.method, p, found, warn_fraction, float(np.sqrt(p * (1 - p) / self.draws).sum()))
 
 
-def token_null(occurrences: np.ndarray, thresholds: NgramThresholds, max_tokens: int, draws: int = NULL_DRAWS,
-               grid: int = NULL_GRID, seed: int = NULL_SEED) -> TokenNull:
-    """Simulate neurons whose ``N`` activations fall on uniformly random counted positions."""
+def null_totals(reach: int, high: int, coverage: float, grid: int) -> np.ndarray:
+    """The grid of ``N`` (module docstring): every integer up to ``⌈2·high/coverage⌉``, geometric to ``reach``."""
+    dense = np.arange(1, min(reach, math.ceil(2 * high / coverage)) + 1)
+    return np.unique(np.r_[dense, np.round(np.geomspace(1, reach, grid))]).astype(np.int64)
+
+
+def drawn_tables(orders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, counts [U, D])``: the n-grams any of the ``D`` draws (rows of ``orders``) hits, and each
+    draw's count of each."""
+    rows, inverse = np.unique(orders, return_inverse=True)
+    draws = orders.shape[0]
+    keys = inverse.reshape(orders.shape) * draws + np.arange(draws)[:, None]
+    return rows, np.bincount(keys.ravel(), minlength=rows.size * draws).reshape(rows.size, draws)
+
+
+def permutation_null(occurrences: np.ndarray, thresholds: NgramThresholds, low: int, high: int, method: str,
+                     draws: int = NULL_DRAWS, grid: int = NULL_GRID, seed: int = NULL_SEED) -> PermutationNull:
+    """Simulate neurons whose ``N`` activations fall on uniformly random counted positions of a stream
+    with n-gram ``occurrences`` and apply the detector ``low ≤ count ≤ high`` to them."""
     rng = np.random.default_rng(seed)
     n = int(occurrences.sum())
-    totals = np.unique(np.round(np.geomspace(1, max(n, 1), grid)).astype(np.int64))
-    passing = np.empty(totals.size)
-    for i, total in enumerate(totals):
-        counts = rng.multivariate_hypergeometric(occurrences, int(total), size=draws).T
-        top = -np.partition(-counts, min(max_tokens, counts.shape[0]) - 1, axis=0)[:max_tokens].sum(axis=0)
-        candidates = np.flatnonzero(top >= thresholds.coverage * total)  # unigram count ≤ max_tokens
-        passing[i] = (len(thresholds.detect(counts[:, candidates], occurrences, 1, max_tokens).covered) / draws
-                      if candidates.size else 0.0)
-    return TokenNull(totals, passing, draws)
+    reach = min(n, math.floor(np.sort(occurrences)[-high:].sum() / thresholds.coverage) + 1)
+    if reach < 1:
+        return PermutationNull(method, np.ones(1, dtype=np.int64), np.zeros(1), draws, 0)
+    totals = null_totals(reach, high, thresholds.coverage, grid)
+    stream = np.repeat(np.arange(occurrences.size), occurrences)
+    passing = np.zeros(totals.size)
+    chunk = max(1, min(draws, 25, NULL_CELLS // (int(totals[-1]) + occurrences.size)))
+    for start in range(0, draws, chunk):
+        orders = np.stack([stream[rng.choice(n, int(totals[-1]), replace=False)]
+                           for _ in range(min(chunk, draws - start))])
+        for i, total in enumerate(totals):
+            rows, counts = drawn_tables(orders[:, :total])
+            top = -np.partition(-counts, min(high, rows.size) - 1, axis=0)[:high].sum(axis=0)
+            candidates = np.flatnonzero(top >= thresholds.coverage * total)  # count ≤ high is possible
+            if candidates.size:
+                passing[i] += len(thresholds.detect(counts[:, candidates], occurrences[rows], low, high).covered)
+    return PermutationNull(method, totals, passing / draws, draws, reach)
 
 
 def require_token_counts(stats: ActivationStatistics) -> None:
@@ -191,7 +228,8 @@ def detect_token_detecting(stats: ActivationStatistics, *, layers: Sequence[int]
     max_tokens = check_count("maximum tokens of a token-detecting neuron", max_tokens)
     require_token_counts(stats)
     occurrences = stats.token_occurrences[stats.token_ids]
-    null = token_null(occurrences, thresholds, max_tokens)
+    null = permutation_null(occurrences, thresholds, 1, max_tokens,
+                            "token identities permuted against activations (simulated)")
     out = {}
     for layer in select_layers(stats, layers):
         width = stats.layer(layer)["active_count"].size

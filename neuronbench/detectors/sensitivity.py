@@ -14,12 +14,42 @@ original positions (a scale-free score; ``eps`` only guards a neuron that is exa
 The ``top_k`` neurons by score are reported (method ``input_change``). This needs forward passes
 (two windows per sample, batched); it is a separate analysis, not a reading of the one-pass
 statistics.
+
+**Null (neurons permuted within each replacement; no extra pass).** Every neuron after the
+replaced position can move, so "no signal" is not "no change": what a top-k must show is that its
+neurons are more input-sensitive than the layer's other neurons by more than the sampling error of
+``S = n_samples`` replacements. In the neuron's own unit ``u_j = h · (mean_{s,t∈H_s} |a_j(t)| + eps)``,
+each sample gives a change ``c_{s,j} = Σ_{t∈H_s} |a'_j(t) − a_j(t)| / u_j`` and a magnitude
+``m_{s,j} = Σ_{t∈H_s} |a_j(t)| / u_j``, and ``score_j = Σ_s c_{s,j} / S``. The null is a layer whose
+neurons differ only by chance: a null neuron takes, at each sample ``s`` independently, the pair
+``(c, m)_{s,π_s(j)}`` of a uniformly random neuron of the layer, and scores
+``Σ_s c_{s,π_s(j)} / Σ_s m_{s,π_s(j)}`` (so the sampling error of the normaliser is in the null too;
+the ``eps`` guard is left out, it only matters for a neuron that is 0 on every horizon, whose score is
+0). This is exact when the neurons are exchangeable and independent given the samples; neurons that
+truly differ (by their weights) are real differences, not chance, and truly sensitive neurons in
+the layer only make the null more generous. :data:`NULL_ROUNDS` independent rounds of ``W`` null
+neurons (seeded) give the null distribution ``F₀`` of the score:
+
+* the null count of the selection: ``W · p`` with ``p = P_{F₀}(score ≥ c)`` at the top-k cutoff ``c``
+  (the k-th highest score), with Monte Carlo error ``W · sqrt(p (1 − p) / (rounds · W))``;
+* per neuron ``null_p = (1 + #{null scores ≥ score_j}) / (1 + rounds · W)``;
+* ``null_threshold``: the ``1 − 1/W`` quantile of ``F₀`` (a null layer has about one neuron above it)
+  and ``above_null``: how many of the top-k exceed it.
+
+It reads the per-sample sums of the passes already made (``[S, W]`` per layer). Rejected
+alternatives: replacing a token by itself gives a change of exactly 0 in a deterministic forward
+pass (a null of float noise, not of chance); the Δ detector's Normal fit to the layer's scores
+misses the right skew of a mean of absolute changes and the normaliser's error (on a layer of
+exchangeable neurons it predicted 10–19 of a top-20 that were all chance, this null 18–24); a
+second set of replacements would double the forward passes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -27,6 +57,7 @@ from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.adapters.base import parse_layers
 from neuronbench.data import TokenWindows
 from neuronbench.detectors.delta import TOP_K, require_delta
+from neuronbench.detectors.null import WARN_FRACTION, NullCalibration, calibrate
 from neuronbench.detectors.result import Detection, check_count, check_range, highest
 from neuronbench.errors import CaptureError, ConfigError, CorpusError
 from neuronbench.names import NEURONS, parse_act_name
@@ -37,6 +68,10 @@ HORIZON = 8
 """Positions measured from the replaced one on."""
 NORMALIZER_EPS = 1e-6
 """Added to the mean absolute activation in the denominator."""
+NULL_ROUNDS = 20
+"""Rounds of ``W`` simulated null neurons of the input-change null."""
+NULL_SEED = 0
+"""Seed of the input-change null (the null is deterministic)."""
 SENSITIVITY_METHODS = ("delta", "input_change")
 
 
@@ -77,8 +112,9 @@ def draw_replacements(windows: TokenWindows, vocab_size: int, n_samples: int, ho
 
 def _capture_sums(model: torch.nn.Module, adapter: ArchitectureAdapter, layers: tuple[int, ...],
                   originals: torch.Tensor, perturbed: torch.Tensor, position: torch.Tensor, horizon: int,
-                  sums: dict[int, list[torch.Tensor]]) -> None:
-    """One batch: add ``Σ|a' − a|`` and ``Σ|a|`` over each sample's horizon to ``sums``."""
+                  sums: dict[int, list[list[torch.Tensor]]]) -> None:
+    """One batch: append each sample's ``Σ|a' − a|`` and ``Σ|a|`` over its horizon (``[batch, W]``) to
+    ``sums``."""
     seen: dict[int, torch.Tensor] = {}
     batch = originals.shape[0]
 
@@ -100,18 +136,46 @@ def _capture_sums(model: torch.nn.Module, adapter: ArchitectureAdapter, layers: 
         acts = acts.double()
         before = acts[:batch].take_along_dim(index, dim=1)
         after = acts[batch:].take_along_dim(index, dim=1)
-        sums[layer][0] += (after - before).abs().sum(dim=(0, 1)).cpu()
-        sums[layer][1] += before.abs().sum(dim=(0, 1)).cpu()
+        sums[layer][0].append((after - before).abs().sum(dim=1).cpu())
+        sums[layer][1].append(before.abs().sum(dim=1).cpu())
+
+
+def permutation_null(change: np.ndarray, magnitude: np.ndarray, scores: np.ndarray, chosen: np.ndarray,
+                     warn_fraction: float, rounds: int = NULL_ROUNDS, seed: int = NULL_SEED
+                     ) -> tuple[dict, NullCalibration]:
+    """``(details, calibration)`` of the null of the module docstring from each sample's change and
+    magnitude in the neuron's own unit (``c [S, W]``, ``m [S, W]``)."""
+    samples, width = change.shape
+    rng = np.random.default_rng(seed)
+    rows = np.arange(samples)[:, None]
+    drawn_scores = []
+    for _ in range(rounds):
+        pick = rng.integers(width, size=(samples, width))
+        total = magnitude[rows, pick].sum(axis=0)
+        drawn_scores.append(np.divide(change[rows, pick].sum(axis=0), total, out=np.zeros(width), where=total > 0))
+    null = np.sort(np.concatenate(drawn_scores))
+
+    def exceeding(values: np.ndarray) -> np.ndarray:
+        return null.size - np.searchsorted(null, values, side="left")
+
+    p = float(exceeding(np.array([scores[chosen].min()]))[0]) / null.size
+    threshold = float(np.quantile(null, 1 - 1 / width))
+    details = {"null_p": (1 + exceeding(scores)) / (1 + null.size), "null_threshold": threshold,
+               "above_null": int((scores[chosen] > threshold).sum())}
+    calibration = calibrate("neurons permuted within each replacement (simulated)", np.full(width, p), chosen.size,
+                            warn_fraction, width * math.sqrt(p * (1 - p) / null.size))
+    return details, calibration
 
 
 def input_change_sensitivity(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows, *,
                              layers: Sequence[int] | str | None = None, n_samples: int = N_SAMPLES,
                              horizon: int = HORIZON, top_k: int = TOP_K, eps: float = NORMALIZER_EPS,
                              seed: int = 0, exclude_token_ids: Sequence[int] = (), batch_size: int = 8,
-                             progress: bool = False) -> dict[int, Detection]:
-    """Input-change sensitivity of every neuron of ``layers`` (module docstring); the ``top_k`` per layer.
+                             warn_fraction: float = WARN_FRACTION, progress: bool = False) -> dict[int, Detection]:
+    """Input-change sensitivity of every neuron of ``layers`` (module docstring); the ``top_k`` per layer,
+    with the chance-spread null.
 
-    ``details``: ``mean_change`` and ``mean_abs_activation`` per neuron.
+    ``details``: ``mean_change``, ``mean_abs_activation`` and ``robust_z`` per neuron.
     """
     n_samples = check_count("input-change samples", n_samples)
     horizon = check_count("input-change horizon", horizon)
@@ -121,8 +185,7 @@ def input_change_sensitivity(model: torch.nn.Module, adapter: ArchitectureAdapte
     chosen = parse_layers(layers, adapter.num_layers)
     window, position, replacement = draw_replacements(windows, model.config.vocab_size, n_samples, horizon, seed,
                                                       exclude_token_ids)
-    sums = {layer: [torch.zeros(adapter.neuron_width(layer), dtype=torch.float64) for _ in range(2)]
-            for layer in chosen}
+    sums: dict[int, list[list[torch.Tensor]]] = {layer: [[], []] for layer in chosen}
     device = next(model.parameters()).device
     starts = range(0, n_samples, batch_size)
     with torch.inference_mode():
@@ -135,11 +198,17 @@ def input_change_sensitivity(model: torch.nn.Module, adapter: ArchitectureAdapte
             _capture_sums(model, adapter, chosen, originals, perturbed, position[part], horizon, sums)
     measured = n_samples * horizon
     out = {}
-    for layer, (change, magnitude) in sums.items():
-        mean_change, mean_abs = (change / measured).numpy(), (magnitude / measured).numpy()
+    for layer, parts in sums.items():
+        change, magnitude = (torch.cat(part).numpy() for part in parts)
+        mean_change, mean_abs = change.sum(axis=0) / measured, magnitude.sum(axis=0) / measured
         scores = mean_change / (mean_abs + eps)
-        out[layer] = Detection("input_change", layer, highest(scores, k), scores, "input_change",
-                               {"top_k": k, "n_samples": n_samples, "horizon": horizon, "eps": eps, "seed": seed},
-                               measured, {"mean_change": mean_change, "mean_abs_activation": mean_abs})
+        chosen = highest(scores, k)
+        unit = horizon * (mean_abs + eps)
+        details, null = permutation_null(change / unit, magnitude / unit, scores, chosen, warn_fraction)
+        out[layer] = Detection("input_change", layer, chosen, scores, "input_change",
+                               {"top_k": k, "n_samples": n_samples, "horizon": horizon, "eps": eps, "seed": seed,
+                                "warn_fraction": warn_fraction},
+                               measured, {"mean_change": mean_change, "mean_abs_activation": mean_abs, **details},
+                               null)
     return out
 

@@ -30,6 +30,13 @@ suffices: ``CaptureConfig(trigram_neurons="all")`` keeps every neuron's table in
 :func:`detect_trigram` reports exact trigram counts for every neuron that has a table, ``0`` for a
 neuron with ``E_j = 0`` and ``inf`` (meaning "more than ``m``", proved by the bounds) for every
 other one; it refuses to run if a candidate lacks its table.
+
+**Null.** Trigram identities permuted against the activations, the token detector's null with the
+trigram occurrences (:func:`neuronbench.detectors.ngram.permutation_null`): a null neuron's ``E_j``
+activations fall on a uniformly random subset of the trigram positions. It needs only ``E_j`` and
+the trigram occurrences, both kept by the first pass, so the exact permutation null costs no
+forward pass. On text, where most trigrams occur once, it is the neurons with few activations
+(``E_j`` up to about ``m / coverage``) that pass by chance at ``min_occurrences = 1``.
 """
 
 from __future__ import annotations
@@ -50,8 +57,10 @@ from neuronbench.detectors.ngram import (
     NgramThresholds,
     ascending_by_neuron,
     neuron_chunks,
+    permutation_null,
     require_token_counts,
 )
+from neuronbench.detectors.null import WARN_FRACTION
 from neuronbench.detectors.result import Detection, check_count, check_range, select_layers
 from neuronbench.errors import AnalysisUnavailableError, CaptureError, ConfigError
 
@@ -178,13 +187,15 @@ def detect_trigram(stats: ActivationStatistics, *, layers: Sequence[int] | str |
                    trigram_stats: ActivationStatistics | None = None, min_trigrams: int = MIN_TRIGRAMS,
                    max_trigrams: int = MAX_TRIGRAMS, coverage: float = NGRAM_COVERAGE,
                    occurrence_rate: float = OCCURRENCE_RATE, covered_share: float = COVERED_SHARE,
-                   min_occurrences: int = MIN_OCCURRENCES) -> dict[int, Detection]:
+                   min_occurrences: int = MIN_OCCURRENCES, warn_fraction: float = WARN_FRACTION
+                   ) -> dict[int, Detection]:
     """Trigram-detecting neurons: ``min_trigrams ≤ trigram count ≤ max_trigrams`` and covered
     trigrams account for ``≥ covered_share`` of ``E_j``.
 
     ``trigram_stats``: the step-2 result (``None``: the tables of ``stats`` itself). Scores: the
     trigram count (float64; ``inf`` = more than ``max_trigrams``, not counted). ``details``:
     ``covered_trigrams`` (``[k, 3]`` token ids per detected neuron), ``n_activations`` (``E_j``).
+    ``null``: trigram identities permuted against the activations (module docstring).
     """
     thresholds = NgramThresholds.check(coverage, occurrence_rate, covered_share, min_occurrences)
     min_trigrams = check_count("minimum trigrams", min_trigrams)
@@ -193,6 +204,8 @@ def detect_trigram(stats: ActivationStatistics, *, layers: Sequence[int] | str |
     _check_same_tokens(stats, tables)
     _require_trigrams(tables)
     candidates = trigram_candidates(stats, layers=layers, max_trigrams=max_trigrams, coverage=coverage)
+    null = permutation_null(tables.trigram_occurrences, thresholds, min_trigrams, max_trigrams,
+                            "trigram identities permuted against activations (simulated)")
     out = {}
     for layer in select_layers(stats, layers):
         active = stats.layer(layer)["trigram_active_count"]
@@ -207,9 +220,11 @@ def detect_trigram(stats: ActivationStatistics, *, layers: Sequence[int] | str |
                 covered[neuron] = tables.trigram_tokens[trigrams[block.covered[0]]]
         out[layer] = Detection("trigram", layer, np.array(sorted(covered), dtype=np.int64), scores,
                                "trigram_count", {**thresholds.as_dict(), "min_trigrams": min_trigrams,
-                                                 "max_trigrams": max_trigrams, "tau": stats.threshold},
+                                                 "max_trigrams": max_trigrams, "tau": stats.threshold,
+                                                 "warn_fraction": warn_fraction},
                                int(tables.trigram_occurrences.sum()),
-                               {"covered_trigrams": covered, "n_activations": active})
+                               {"covered_trigrams": covered, "n_activations": active},
+                               null.calibration(active, len(covered), warn_fraction))
     return out
 
 
