@@ -19,11 +19,17 @@ registry name            rule (defaults)                             score
 ``delta``                top-k (10) by spread of ``log Δ`` (Mamba)   ``log_delta_std``
 =======================  ==========================================  ===========================
 
-"Active" is the capture's activation rule (:mod:`neuronbench.activation`). Every detector except
-``rarely_active`` and ``trigram`` attaches a null calibration to each layer's detection
-(``Detection.null``, :mod:`neuronbench.detectors.null`): the neurons it finds on a null of the same
-sample size, the expected false positives and a warning; a sample below a detector's documented
-minimum is a :class:`~neuronbench.errors.CaptureError` naming it.
+"Active" is the capture's activation rule (:mod:`neuronbench.activation`). Every detector, and
+input-change sensitivity, attaches a null calibration to each layer's detection (``Detection.null``,
+:mod:`neuronbench.detectors.null`): the neurons it finds on a null of the same sample size, the
+expected false positives and a warning; a sample below a detector's documented minimum is a
+:class:`~neuronbench.errors.CaptureError` naming it. The nulls: dead and rarely active, a binomial
+neuron at a rate just outside the definition (:mod:`~neuronbench.detectors.dead`); positional, a
+simulated binomial null and Pearson's null distribution (:mod:`~neuronbench.detectors.positional`);
+token and trigram, n-gram identities permuted against the activations
+(:func:`~neuronbench.detectors.ngram.permutation_null`); Δ, a chance spread
+(:mod:`~neuronbench.detectors.delta`); input change, neurons permuted within each replacement
+(:mod:`~neuronbench.detectors.sensitivity`).
 
 Input-change sensitivity needs forward passes of its own and is a separate analysis,
 :func:`input_change_sensitivity` (method ``input_change``); :func:`sensitivity_method` picks

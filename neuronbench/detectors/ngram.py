@@ -26,8 +26,9 @@ occurrences and its ``1 ≤ count ≤ max_tokens``; the trigram detector
 neuron passes the detector depends only on ``N``; it is simulated (:data:`NULL_DRAWS` draws, seeded)
 and interpolated in ``log N`` (``p_j = p(N_j)``; ``p = 0`` for ``N_j = 0``). A draw is a prefix of a
 random ordering of the ``n`` positions (one ordering per draw serves every ``N``: each prefix is a
-uniformly random subset). The grid is every ``N`` from 1 to ``⌈2·high/coverage⌉`` (where ``p`` falls
-from ≈ 1 to ≈ 0 on streams of mostly distinct n-grams) and :data:`NULL_GRID` geometric points up to
+uniformly random subset). The grid is every ``N`` from 1 to ``⌈(high + 1)/coverage⌉`` (``p`` has a
+sawtooth of period ``1/(1 − coverage)`` there and falls to ≈ 0 at ``high/coverage`` on streams of
+mostly distinct n-grams) and :data:`NULL_GRID` geometric points up to
 the **reach** ``R = ⌊T_high / coverage⌋ + 1``, with ``T_high`` the sum of the ``high`` largest
 occurrences: a neuron with ``N > R`` cannot have ``≤ high`` n-grams covering ``coverage · N``
 (each covers at most its ``occ(g)`` activations), so ``p(N) = 0`` exactly there. Rare neurons are the
@@ -68,6 +69,8 @@ NULL_GRID = 40
 """Geometric grid points (in N) of the n-gram null."""
 NULL_SEED = 0
 """Seed of the n-gram null's simulation (the null is deterministic)."""
+NULL_CHUNK = 25
+"""Simulated draws per block (a block's tables are ``hit n-grams × draws``: small blocks keep them small)."""
 NULL_CELLS = 1 << 22
 """Bound on the cells (draws × (positions + n-grams)) of one block of simulated draws (memory)."""
 
@@ -162,8 +165,9 @@ class PermutationNull:
 
 
 def null_totals(reach: int, high: int, coverage: float, grid: int) -> np.ndarray:
-    """The grid of ``N`` (module docstring): every integer up to ``⌈2·high/coverage⌉``, geometric to ``reach``."""
-    dense = np.arange(1, min(reach, math.ceil(2 * high / coverage)) + 1)
+    """The grid of ``N`` (module docstring): every integer up to ``⌈(high + 1)/coverage⌉``, geometric to
+    ``reach``."""
+    dense = np.arange(1, min(reach, math.ceil((high + 1) / coverage)) + 1)
     return np.unique(np.r_[dense, np.round(np.geomspace(1, reach, grid))]).astype(np.int64)
 
 
@@ -188,7 +192,7 @@ def permutation_null(occurrences: np.ndarray, thresholds: NgramThresholds, low: 
     totals = null_totals(reach, high, thresholds.coverage, grid)
     stream = np.repeat(np.arange(occurrences.size), occurrences)
     passing = np.zeros(totals.size)
-    chunk = max(1, min(draws, 25, NULL_CELLS // (int(totals[-1]) + occurrences.size)))
+    chunk = max(1, min(draws, NULL_CHUNK, NULL_CELLS // (int(totals[-1]) + occurrences.size)))
     for start in range(0, draws, chunk):
         orders = np.stack([stream[rng.choice(n, int(totals[-1]), replace=False)]
                            for _ in range(min(chunk, draws - start))])
