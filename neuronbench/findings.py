@@ -114,16 +114,6 @@ def _token_detecting(records: list[dict]) -> str:
     return with_null(record, f"{count_of(record)} ({fmt(record['metrics'].get('tokens_covered'))} tokens)")
 
 
-def _rarely_active(records: list[dict]) -> str:
-    record = pick(records, "dead", neuron_type="rarely_active")
-    return with_null(record, count_of(record))
-
-
-def _trigram(records: list[dict]) -> str:
-    record = pick(records, "ngram", neuron_type="trigram")
-    return with_null(record, count_of(record))
-
-
 def _sensitive(records: list[dict]) -> str:
     record = pick(records, "delta")
     return MISSING if record is None else with_null(record, f"{count_of(record)} ({record['method']})")
@@ -141,10 +131,8 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("parameters", _parameters),
     Finding("tokens analysed", _tokens),
     Finding("dead", _dead_percent),
-    Finding("rarely active", _rarely_active),
     Finding("positional (MI)", _positional),
     Finding("token-detecting (tokens covered)", _token_detecting),
-    Finding("trigram-detecting", _trigram),
     Finding("Δ-sensitive", _sensitive),
     Finding("attention (top by attention_weighted)", _attention),
 )
