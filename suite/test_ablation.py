@@ -15,11 +15,15 @@ from results.baselines import check_against_baseline
 
 pytestmark = pytest.mark.ablation
 MODES = ("zero", "mean")
+CASE_IDS = {"dead+positional": "union"}
+"""Case ids that differ from the condition's name: the dead ∪ positional case is
+``test_ablation[<model>-union-<mode>]``, so that ``-k dead`` selects the dead cases alone (which
+read the moments only) and not a case that needs the positional statistics; ``-k union`` selects it."""
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("neuron_type", [pytest.param(name, marks=ABLATION_CAPTURE[name]) if name in ABLATION_CAPTURE
-                                         else name for name in ABLATION_TYPES])
+@pytest.mark.parametrize("neuron_type", [pytest.param(name, marks=ABLATION_CAPTURE.get(name, ()),
+                                                      id=CASE_IDS.get(name, name)) for name in ABLATION_TYPES])
 def test_ablation(workspace, record, neuron_type, mode):
     condition = workspace.ablation_condition(neuron_type, mode)
     runner = workspace.ablation_runner

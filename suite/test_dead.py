@@ -1,21 +1,19 @@
-"""Dead and rarely active neurons (Voita et al. 2023 §3) and the overlaps between neuron types.
+"""Dead and rarely active neurons (Voita et al. 2023 §3).
 
 Dead iff ``freq ≤ ε`` over all analysed tokens under the model's activation rule at τ. Records
 Figure 1a (% dead per layer), 1b (mean frequency of the alive neurons), the τ sweep, per layer the
-share of activation mass ``Σ|a|`` carried by the dead neurons and each dead neuron's max |a|, and
-per layer the intersections of every pair of neuron types and of all of them.
+share of activation mass ``Σ|a|`` carried by the dead neurons and each dead neuron's max |a|.
+These cases read the moments only, so ``-k dead`` computes no positional, per-token, trigram or Δ
+statistics (the overlaps between types are ``suite/test_overlaps.py``).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from neuronbench.detectors import dead_fraction_sweep, type_overlaps
+from neuronbench.detectors import dead_fraction_sweep
 from neuronbench.detectors.figures import alive_mean_frequency, dead_percent
 from neuronbench.detectors.null import null_metrics
-
-OVERLAP_TYPES = ("dead", "rarely_active", "positional", "token")
-
 
 def neurons_of(detections) -> dict[int, list[int]]:
     return {layer: detection.indices.tolist() for layer, detection in detections.items()}
@@ -53,16 +51,3 @@ def test_rarely_active(workspace, record):
            metrics={"count": count, **counts_of(rare), **null_metrics(rare)},
            thresholds=next(iter(rare.values())).thresholds,
            neurons=neurons_of(rare))
-
-
-@pytest.mark.dead
-@pytest.mark.positional
-@pytest.mark.ngram
-@pytest.mark.capture("positional", "token_counts")
-def test_type_overlaps(workspace, record):
-    overlaps = type_overlaps({name: workspace.detections(name) for name in OVERLAP_TYPES})
-    metrics = {}
-    for layer, overlap in overlaps.items():
-        metrics |= {f"layer{layer}:{name}": count for name, count in overlap.counts().items()}
-    record(workspace, analysis="overlap", method="intersection", metrics=metrics,
-           figures={"overlap": {str(layer): overlap.record() for layer, overlap in overlaps.items()}})

@@ -172,14 +172,16 @@ def cached_arrays(cache: Path, model: str) -> tuple[set[str], set[str]]:
             names & set(ActivationStatistics.GLOBAL_ARRAYS))
 
 
-def test_k_dead_computes_what_its_cases_read_and_no_trigrams(toy):
-    """``-k dead`` also selects the overlap case and the dead+positional ablation, which read the
-    positional and per-token statistics; no selected case reads the trigram index or Δ."""
+def test_k_dead_computes_the_moments_only(toy):
+    """``-k dead`` selects the dead and rarely-active cases and the dead ablations, which read the
+    moments only (the overlaps and the dead ∪ positional ablation, which need positions, are
+    ``test_type_overlaps`` and ``union``); a selection that reads positions computes them."""
     listed = run_suite("--model", toy["mamba"], "-k", "dead", "--collect-only")
     assert listed.returncode == 0, listed.stdout
-    assert f"neuronbench capture parts for {toy['mamba']}: moments, positional, token_counts\n" in listed.stdout
-    alone = run_suite("--model", toy["mamba"], "-m", "dead and not positional", "--collect-only")
-    assert f"neuronbench capture parts for {toy['mamba']}: moments\n" in alone.stdout
+    assert f"neuronbench capture parts for {toy['mamba']}: moments\n" in listed.stdout
+    assert "test_ablation[" in listed.stdout and "union" not in listed.stdout
+    wider = run_suite("--model", toy["mamba"], "-k", "dead or union or overlaps", "--collect-only")
+    assert f"neuronbench capture parts for {toy['mamba']}: moments, positional, token_counts\n" in wider.stdout
 
 
 def test_dead_cases_compute_only_the_moments_and_a_wider_selection_recomputes(toy, tmp_path):
