@@ -102,6 +102,14 @@ def _dead_percent(records: list[dict]) -> str:
     return with_null(record, f"{fmt(float(record['metrics']['percent']))} % ({count_of(record)})")
 
 
+def _counted(analysis: str, neuron_type: str) -> Callable[[list[dict]], str]:
+    """A column of the count of one detection with its null."""
+    def column(records: list[dict]) -> str:
+        record = pick(records, analysis, neuron_type=neuron_type)
+        return with_null(record, count_of(record))
+    return column
+
+
 def _positional(records: list[dict]) -> str:
     record = pick(records, "positional", method="mi")
     return with_null(record, count_of(record))
@@ -131,8 +139,10 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("parameters", _parameters),
     Finding("tokens analysed", _tokens),
     Finding("dead", _dead_percent),
+    Finding("rarely active", _counted("dead", "rarely_active")),
     Finding("positional (MI)", _positional),
     Finding("token-detecting (tokens covered)", _token_detecting),
+    Finding("trigram-detecting", _counted("ngram", "trigram")),
     Finding("Δ-sensitive", _sensitive),
     Finding("attention (top by attention_weighted)", _attention),
 )
