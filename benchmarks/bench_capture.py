@@ -1,18 +1,26 @@
 """Capture overhead against a plain forward pass, neuronbench against its peers, and memory.
 
-Run the table (one process, CPU, one thread, random weights of the real shapes)::
+Run the table (one process, CPU, random weights of the real shapes; the built-in tiny models)::
 
-    nice -n 10 python benchmarks/bench_capture.py [--pairs 5] [--shapes gpt2-small mamba-130m]
+    nice -n 10 python benchmarks/bench_capture.py [--pairs 5] [--shapes gpt2-small mamba-130m tiny-gpt2 ...]
                                                   [--device cpu] [--dtype float32] [--memory]
-                                                  [--windows N]
+                                                  [--windows N] [--threads N] [--compile]
 
+* **Shapes.** ``gpt2-small``: ``GPT2Config()`` defaults (768 wide, 12 layers, 12 heads, vocabulary
+  50,257), 8 × 512 tokens; ``mamba-130m``: 768 wide, 24 layers, intermediate 1536, state 16,
+  Δ rank 48, vocabulary 50,280, 2 × 512 tokens; both with random weights (the weights do not change
+  the cost). ``tiny-gpt2``, ``tiny-mamba``, ``tiny-opt``: the built-in models, 8 × 128 tokens.
 * **Time.** For each shape and method, ``--pairs`` alternating pairs (plain forward, then the
   method, over the same batches) in one process; the ratio of each pair's CPU times (wall time on
   a GPU, after synchronising), reported as min / median / max. Methods: neuronbench's full
   statistics pass, its frequency-only pass (moments: counts, τ sweep, sums, extremes), and,
   when installed (``pip install -e .[peers]``), TransformerLens 4 ``run_with_cache`` of the
   neuron tensors (``mlp.hook_post`` / ``mixer.out_proj.hook_in``) and nnsight saving the inputs of
-  every output projection. An absent peer is skipped with a message.
+  every output projection. An absent peer is skipped with a message. ``--compile`` adds the
+  neuronbench passes with the compiled per-layer update (``CaptureConfig(compile=True)``) and
+  reports the compile time (the warm-up pass, minus the plain forward's time).
+* **Threads.** ``--threads`` (default 1: one thread, as in issue 10's measurements; CPU time of a
+  multi-threaded pass on a shared machine also counts the OpenMP threads' spin-waiting).
 * **Memory** (``--memory``): peak extra resident memory of each method (RSS high-water mark
   after the run minus before it, in a fresh process) at two token counts per shape.
 
@@ -31,6 +39,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,17 +51,37 @@ from neuronbench.models import LoadedModel, load_model
 from neuronbench.toy import build_toy_model
 
 WINDOW = 512
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A benchmarked model: a random-weight ``family`` model with config ``overrides`` (or the
+    built-in model ``builtin``), timed over ``n_windows`` windows of ``window`` tokens; peak memory
+    at ``memory_windows``."""
+
+    family: str
+    overrides: dict = field(default_factory=dict)
+    builtin: str | None = None
+    window: int = WINDOW
+    n_windows: int = 8
+    memory_windows: tuple[int, int] = (2, 8)
+
+
 SHAPES = {
-    "gpt2-small": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=8192), 8),
-    "mamba-130m": ("mamba", dict(hidden_size=768, num_hidden_layers=24, state_size=16, vocab_size=8192), 2),
+    "gpt2-small": Shape("gpt2", dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)),
+    "mamba-130m": Shape("mamba", dict(hidden_size=768, num_hidden_layers=24, expand=2, state_size=16,
+                                      time_step_rank=48, conv_kernel=4, vocab_size=50280),
+                        n_windows=2, memory_windows=(1, 4)),
+    "tiny-gpt2": Shape("gpt2", builtin="tiny-gpt2", window=128),
+    "tiny-mamba": Shape("mamba", builtin="tiny-mamba", window=128),
+    "tiny-opt": Shape("opt", builtin="tiny-opt", window=128),
 }
-"""``name: (family, config overrides, windows of 512 tokens per timed pass)`` (the issue's 8 × 512
-and 2 × 512 tokens); weights are random, which does not change the cost."""
-NEURON_PATH = {"gpt2": "transformer.h.{}.mlp.c_proj", "mamba": "backbone.layers.{}.mixer.out_proj"}
-TL_HOOK = {"gpt2": "mlp.hook_post", "mamba": "mixer.out_proj.hook_in"}
+"""The issue's shapes (GPT-2-small: ``GPT2Config()`` defaults; mamba-130m: intermediate 1536) with
+random weights, which do not change the cost, and the built-in models."""
+NEURON_PATH = {"gpt2": "transformer.h.{}.mlp.c_proj", "mamba": "backbone.layers.{}.mixer.out_proj",
+               "opt": "model.decoder.layers.{}.fc2"}
+TL_HOOK = {"gpt2": "mlp.hook_post", "mamba": "mixer.out_proj.hook_in", "opt": "mlp.hook_post"}
 FREQUENCY_ONLY = dict(positional=False, token_counts=False, trigrams=False, delta=False)
-MEMORY_WINDOWS = {"gpt2-small": (2, 8), "mamba-130m": (1, 4)}
-"""Windows of 512 tokens at which peak extra memory is measured (two token counts per shape)."""
 
 
 def synthetic_windows(vocab: int, n_windows: int, window: int = WINDOW, seed: int = 0) -> TokenWindows:
@@ -61,8 +90,9 @@ def synthetic_windows(vocab: int, n_windows: int, window: int = WINDOW, seed: in
 
 
 def build_shape(name: str, root: Path, device: str, dtype: str) -> LoadedModel:
-    family, overrides, _ = SHAPES[name]
-    return load_model(str(build_toy_model(family, root / name, **overrides)), device=device, dtype=dtype)
+    shape = SHAPES[name]
+    source = shape.builtin or str(build_toy_model(shape.family, root / name, **shape.overrides))
+    return load_model(source, device=device, dtype=dtype)
 
 
 def plain(loaded: LoadedModel, windows: TokenWindows) -> Callable[[], None]:
@@ -114,10 +144,14 @@ def nnsight_save(loaded: LoadedModel, windows: TokenWindows) -> Callable[[], Non
 METHODS: dict[str, tuple[Callable[[LoadedModel, TokenWindows], Callable[[], None]], str | None]] = {
     "neuronbench full": (neuronbench_pass(), None),
     "neuronbench frequency only": (neuronbench_pass(**FREQUENCY_ONLY), None),
+    "neuronbench full, compiled": (neuronbench_pass(compile=True), None),
+    "neuronbench frequency only, compiled": (neuronbench_pass(compile=True, **FREQUENCY_ONLY), None),
     "TransformerLens run_with_cache": (transformer_lens, "transformer_lens"),
     "nnsight save": (nnsight_save, "nnsight"),
 }
 """Method name -> (factory of a run over the windows, the optional package it needs)."""
+COMPILED = ("neuronbench full, compiled", "neuronbench frequency only, compiled")
+"""The methods run only with ``--compile``."""
 
 
 def missing(package: str | None) -> bool:
@@ -141,23 +175,25 @@ def clock(device: torch.device) -> Callable[[], float]:
 
 
 def paired_ratios(baseline: Callable[[], None], candidate: Callable[[], None], pairs: int,
-                  now: Callable[[], float]) -> list[float]:
-    """``candidate / baseline`` time of ``pairs`` alternating pairs (after one warm-up of each)."""
-    baseline(), candidate()
+                  now: Callable[[], float]) -> tuple[list[float], float]:
+    """``candidate / baseline`` time of ``pairs`` alternating pairs (after one warm-up of each), and
+    the time of the candidate's warm-up run (which includes any compilation)."""
+    baseline()
+    start = now(); candidate(); warm_up = now() - start  # noqa: E702
     ratios = []
     for _ in range(pairs):
         start = now(); baseline(); middle = now(); candidate(); end = now()  # noqa: E702
         ratios.append((end - middle) / (middle - start))
-    return ratios
+    return ratios, warm_up
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys, torch
     sys.path.insert(0, sys.argv[1])
     import bench_capture as b
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(sys.argv[8]))
     loaded = b.load_model(sys.argv[2], device=sys.argv[5], dtype=sys.argv[6])
-    windows = b.synthetic_windows(loaded.model.config.vocab_size, int(sys.argv[4]))
+    windows = b.synthetic_windows(loaded.model.config.vocab_size, int(sys.argv[4]), int(sys.argv[7]))
     factory = b.plain if sys.argv[3] == "plain forward" else b.METHODS[sys.argv[3]][0]
     run = factory(loaded, windows)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -167,41 +203,45 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
-def peak_extra_mib(model_dir: str, method: str, n_windows: int, device: str, dtype: str) -> float:
+def peak_extra_mib(model_dir: str, method: str, n_windows: int, window: int, args: argparse.Namespace) -> float:
     """Peak extra RSS (MiB) of one run of ``method`` over ``n_windows`` windows, in a fresh process."""
     result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(Path(__file__).parent), model_dir, method,
-                             str(n_windows), device, dtype], check=True, capture_output=True, text=True)
+                             str(n_windows), args.device, args.dtype, str(window), str(args.threads)],
+                            check=True, capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_mib"]
 
 
 def table(args: argparse.Namespace) -> list[str]:
-    torch.set_num_threads(1)
-    rows = ["| shape | tokens | method | ratio vs plain forward: min / median / max | plain forward s |",
-            "| --- | --- | --- | --- | --- |"]
-    memory = ["| shape | method | " + " | ".join("peak extra MiB at {} tokens" for _ in range(2)) + " |",
-              "| --- | --- | --- | --- |"]
+    torch.set_num_threads(args.threads)
+    rows = ["| shape | tokens | method | ratio vs plain forward: min / median / max | plain forward s | "
+            "first pass s |", "| --- | --- | --- | --- | --- | --- |"]
+    memory = ["| shape | method | peak extra MiB at the smaller token count | at the larger |", "| --- | --- | --- | --- |"]
+    chosen = [m for m in METHODS if (args.compile or m not in COMPILED) and (args.peers or METHODS[m][1] is None)]
     with tempfile.TemporaryDirectory() as root:
-        for shape in args.shapes:
-            loaded = build_shape(shape, Path(root), args.device, args.dtype)
-            windows = synthetic_windows(loaded.model.config.vocab_size, args.windows or SHAPES[shape][2])
+        for name in args.shapes:
+            shape = SHAPES[name]
+            loaded = build_shape(name, Path(root), args.device, args.dtype)
+            windows = synthetic_windows(loaded.model.config.vocab_size, args.windows or shape.n_windows, shape.window)
             now, base = clock(loaded.device), plain(loaded, windows)
-            for method, (factory, package) in METHODS.items():
+            for method in chosen:
+                factory, package = METHODS[method]
                 if missing(package):
-                    rows.append(f"| {shape} | {windows.n_tokens} | {method} | skipped: `{package}` is not installed "
-                                "(`pip install -e .[peers]`) | |")
+                    rows.append(f"| {name} | {windows.n_tokens} | {method} | skipped: `{package}` is not installed "
+                                "(`pip install -e .[peers]`) | | |")
                     print(f"skipping {method}: {package} is not installed", file=sys.stderr)
                     continue
-                ratios = paired_ratios(base, factory(loaded, windows), args.pairs, now)
+                ratios, warm_up = paired_ratios(base, factory(loaded, windows), args.pairs, now)
                 start = now(); base(); seconds = now() - start  # noqa: E702
-                rows.append(f"| {shape} | {windows.n_tokens} | {method} | {min(ratios):.2f} / "
-                            f"{statistics.median(ratios):.2f} / {max(ratios):.2f} ({len(ratios)} pairs) | {seconds:.2f} |")
+                rows.append(f"| {name} | {windows.n_tokens} | {method} | {min(ratios):.2f} / "
+                            f"{statistics.median(ratios):.2f} / {max(ratios):.2f} ({len(ratios)} pairs) | "
+                            f"{seconds:.2f} | {warm_up:.2f} |")
                 print(rows[-1], file=sys.stderr, flush=True)
             if args.memory:
-                counts = MEMORY_WINDOWS[shape]
-                memory[0] = memory[0].format(*(n * WINDOW for n in counts))
-                for method in ["plain forward", *(m for m, (_, p) in METHODS.items() if not missing(p))]:
-                    values = [peak_extra_mib(loaded.source.location, method, n, args.device, args.dtype) for n in counts]
-                    memory.append(f"| {shape} | {method} | " + " | ".join(f"{v:.0f}" for v in values) + " |")
+                counts = shape.memory_windows
+                for method in ["plain forward", *(m for m in chosen if not missing(METHODS[m][1]))]:
+                    values = [peak_extra_mib(loaded.source.location, method, n, shape.window, args) for n in counts]
+                    memory.append(f"| {name} | {method} | " + " | ".join(
+                        f"{v:.0f} ({n * shape.window} tokens)" for v, n in zip(values, counts)) + " |")
                     print(memory[-1], file=sys.stderr, flush=True)
     return rows + ([""] + memory if args.memory else [])
 
@@ -214,7 +254,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--windows", type=int, default=None,
-                        help="windows of 512 tokens per timed pass (default: 8 for gpt2-small, 2 for mamba-130m)")
+                        help="windows per timed pass (default: 2 for mamba-130m, else 8)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the passes with the compiled per-layer update")
+    parser.add_argument("--no-peers", dest="peers", action="store_false",
+                        help="time only neuronbench's passes (not TransformerLens, nnsight)")
     args = parser.parse_args(argv)
     if args.pairs < 5:
         parser.error(f"--pairs must be at least 5 for a median of pairs, got {args.pairs}")

@@ -32,21 +32,46 @@ holds everywhere, which would make every neuron always active).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from neuronbench.errors import ConfigError
 
-Mask = Callable[[torch.Tensor, float], torch.Tensor]
-"""``mask(a, τ)``: a float32 0/1 tensor of the shape of ``a`` (counts are sums or matmuls of it),
-with the layer scale already bound."""
+def _above(values: torch.Tensor, level: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``values > level`` as float32 0/1, written straight into a float32 tensor (``out`` when given:
+    a reused buffer costs no fresh pages)."""
+    if out is None:
+        out = torch.empty(values.shape, dtype=torch.float32, device=values.device)
+    return torch.gt(values, level, out=out)
 
 
-def _above(values: torch.Tensor, level: float) -> torch.Tensor:
-    """``values > level`` as float32 0/1, written straight into a float32 tensor."""
-    return torch.gt(values, level, out=torch.empty(values.shape, dtype=torch.float32, device=values.device))
+@dataclass(frozen=True)
+class Mask:
+    """A rule with its layer scale bound: ``active(a, τ) ⇔ level(a) > cut(τ)``, where
+    ``level(a) = |a|`` and ``cut(τ) = τ·s_l`` for a relative rule, else ``a`` and ``τ``.
+    ``mask(a, τ)`` is a float32 0/1 tensor of the shape of ``a`` (counts are sums or matmuls of it);
+    the level is separate so that one ``|a|`` serves every τ of a sweep."""
+
+    relative: bool
+    scale: float
+
+    def level(self, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``|a|`` (into ``out`` when given) for a relative rule, else ``a`` itself."""
+        if not self.relative:
+            return a
+        return torch.abs(a) if out is None else torch.abs(a, out=out)
+
+    def cut(self, tau: float) -> float:
+        return tau * self.scale if self.relative else tau
+
+    def above(self, level: torch.Tensor, tau: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The mask from an already computed :meth:`level`."""
+        return _above(level, self.cut(tau), out)
+
+    def __call__(self, a: torch.Tensor, tau: float) -> torch.Tensor:
+        return self.above(self.level(a), tau)
 
 
 @dataclass(frozen=True)
@@ -68,9 +93,7 @@ class ActivationRule:
 
     def bind(self, scale: float) -> Mask:
         """The mask with ``s_l`` fixed."""
-        if self.relative:
-            return lambda a, tau: _above(a.abs(), tau * scale)
-        return lambda a, tau: _above(a, tau)
+        return Mask(self.relative, scale)
 
     def check_tau(self, tau: float) -> float:
         """``tau`` as a float, or :class:`ConfigError` naming the valid range."""

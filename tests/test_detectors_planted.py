@@ -222,8 +222,10 @@ def test_scores_equal_brute_force(stream, stats, found):
         np.testing.assert_array_equal(found["dead"][layer].scores, naive_freq(a, mask, 0.0))
         np.testing.assert_allclose(found["positional"][layer].scores, naive_mutual_information(a, mask, 0.0),
                                    rtol=1e-9, atol=1e-12)
+        # A mean of per-window correlations in [-1, 1] can cancel: each window's r is within 1e-7
+        # of the float64 reference (float32 sums of centred values), so the mean is too.
         np.testing.assert_allclose(found["positional_pearson"][layer].scores, naive_mean_pearson(a, mask),
-                                   rtol=1e-6, atol=1e-12)
+                                   rtol=1e-6, atol=1e-7)
         for n, name, max_count in ((1, "token", 5), (3, "trigram", 50)):
             tables, occurrences = naive_ngram_tables(a, ids, mask, 0.0, {BOS}, n)
             counts, detected = naive_ngram_detection(tables, occurrences, max_count=max_count)

@@ -3,19 +3,21 @@
 :class:`BatchContext` is computed once per batch for all layers (real positions, full windows,
 token rows, trigram ids); :class:`LayerBatch` once per layer and batch: the layer's activations,
 its activity mask (the activation rule of :mod:`neuronbench.activation`, applied once and read by
-every statistic) and, when a
-statistic asks for them, per-window sufficient statistics (:class:`WindowMoments`) shared by the
-moments and the positional statistics.
+every statistic) and, when a statistic asks for them, per-window sufficient statistics
+(:class:`WindowMoments`) shared by the moments and the positional statistics.
 
-Cost rules (CPU and GPU alike): no float64 copy of a ``[tokens, W]`` tensor except the one
-:class:`WindowMoments` needs for the Pearson numerator; every reduction runs over a batch in
-float32 (or as a matmul) and only the per-batch results are accumulated in float64 / int64;
-counts are column sums of a float32 0/1 mask, exact while a reduction covers fewer than
-:data:`EXACT_ROWS` rows.
+Cost rules (CPU and GPU alike): no float64 copy of a ``[tokens, W]`` tensor; every reduction runs
+over a batch in float32 (or as a matmul) and only the per-batch results are accumulated in
+float64 / int64; counts are column sums of a float32 0/1 mask, exact while a reduction covers
+fewer than :data:`EXACT_ROWS` rows; every ``[tokens, W]`` intermediate (the mask, ``|a|``, the
+sweep's masks, centred values) is written into a :class:`Workspace` buffer that the layers and
+batches of a capture reuse (on a CPU a fresh tensor of that size costs more in page faults than the
+arithmetic that fills it).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
@@ -32,26 +34,57 @@ EXACT_ROWS = 1 << 24
 """float32 holds every integer up to 2**24 exactly: a sum of at most that many 0/1 terms is exact."""
 
 
+def column_sums(values: torch.Tensor) -> torch.Tensor:
+    """``Σ_rows values`` of ``values [n, W]`` as one float32 matrix-vector product ``[W]`` (the
+    fastest column reduction on a CPU)."""
+    return (torch.ones(1, values.shape[0], dtype=values.dtype, device=values.device) @ values)[0]
+
+
 def column_counts(mask: torch.Tensor) -> torch.Tensor:
-    """``Σ_rows mask`` of a float32 0/1 mask ``[n, W]`` as int64 ``[W]`` (a matrix-vector
-    product, exact: chunks of fewer than :data:`EXACT_ROWS` rows)."""
+    """``Σ_rows mask`` of a float32 0/1 mask ``[n, W]`` as int64 ``[W]`` (:func:`column_sums`,
+    exact: chunks of fewer than :data:`EXACT_ROWS` rows)."""
     total = torch.zeros(mask.shape[1], dtype=torch.long, device=mask.device)
     for start in range(0, mask.shape[0], EXACT_ROWS - 1):
-        part = mask[start:start + EXACT_ROWS - 1]
-        total += (torch.ones(1, part.shape[0], dtype=part.dtype, device=part.device) @ part)[0].long()
+        total += column_sums(mask[start:start + EXACT_ROWS - 1]).long()
     return total
+
+
+class Workspace:
+    """Scratch buffers of one capture, by role, reused by every layer and batch.
+
+    :meth:`buffer` hands out a view of the role's storage, grown to the largest request so far.
+    A role's contents are valid only until its next request: ``"acts"``, ``"mask"`` and ``"level"``
+    live for one layer's update (every statistic reads them), ``"scratch"`` only within the one call that
+    requests it (the sweep's masks, ``|a|``, centred values), ``"acts"`` for activations that
+    arrive in another dtype or layout (one copy into float32, contiguous). Buffers are ordinary tensors even when the capture runs under ``inference_mode``.
+    """
+
+    def __init__(self) -> None:
+        self._storage: dict[str, torch.Tensor] = {}
+
+    def buffer(self, role: str, shape: tuple[int, ...] | torch.Size, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        numel = math.prod(shape)
+        held = self._storage.get(role)
+        if held is None or held.numel() < numel or held.dtype != dtype or held.device != device:
+            with torch.inference_mode(False):
+                held = torch.empty(numel, dtype=dtype, device=device)
+            self._storage[role] = held
+        return held[:numel].view(shape)
 
 
 @dataclass(frozen=True)
 class WindowMoments:
     """Sufficient statistics of each full window ``[n, T, W]`` and neuron, for the Pearson score
-    and (when every window is full) the moments:
+    and (when every window is full) the moments, in float32 around each window's float32 mean
+    ``m = Σ_t a_t / T``, with the centred values ``d_t = a_t − m`` (two reads of the windows, no
+    float64 copy; results ``[n, W]``, float64 but for the extremes):
 
-    ``total = Σ_t a_t``, ``moment = Σ_t (t − t̄) a_t`` (float64: one matmul of the float64
-    windows with the basis ``[1, t − t̄]``), ``centred_sq = Σ_t (a_t − ā)²`` (float32 over the
-    window, with ``ā`` from ``total``: no cancellation), ``sum_sq = centred_sq + total²/T``,
-    ``max``, ``min`` (float32, exact); and over the windows ``position_total = Σ_windows a``
-    ``[T, W]`` (float64, a matrix-vector product of the float64 windows).
+    ``total = T·m + Σ_t d_t`` (the second term corrects the rounding of ``m``),
+    ``moment = Σ_t (t − t̄) d_t = Σ_t (t − t̄) a_t`` (as ``Σ_t (t − t̄) = 0``; one matmul of the basis
+    ``[1, t − t̄]`` with ``d``, which also gives ``Σ_t d_t``), ``centred_sq = Σ_t d_t² − (Σ_t d_t)²/T
+    = Σ_t (a_t − ā)²``, ``sum_sq = centred_sq + total²/T``, ``max``, ``min`` (float32, exact).
+    Centring keeps the float32 rounding relative to the window's spread, not to ``|a|``.
     """
 
     total: torch.Tensor
@@ -59,22 +92,24 @@ class WindowMoments:
     centred_sq: torch.Tensor
     max: torch.Tensor
     min: torch.Tensor
-    position_total: torch.Tensor
     length: int
 
     @classmethod
-    def of(cls, windows: torch.Tensor) -> WindowMoments:
+    def of(cls, windows: torch.Tensor, scratch: torch.Tensor | None = None) -> WindowMoments:
+        """From float32 ``windows [n, T, W]``; ``scratch`` (same shape) receives the centred values."""
         length = windows.shape[1]
-        positions = torch.arange(length, dtype=torch.float64, device=windows.device)
-        basis = torch.stack([torch.ones_like(positions), positions - positions.mean()])
-        wide = windows.double()
-        sums = torch.matmul(basis, wide)
-        total, moment = sums[:, 0], sums[:, 1]
-        position_total = (torch.ones(1, wide.shape[0], dtype=wide.dtype, device=wide.device)
-                          @ wide.flatten(1)).view(windows.shape[1:])
-        centred = windows - (total / length).float().unsqueeze(1)
-        centred_sq = (centred * centred).sum(1).double()
-        return cls(total, moment, centred_sq, windows.amax(1), windows.amin(1), position_total, length)
+        positions = torch.arange(length, dtype=windows.dtype, device=windows.device)
+        basis = torch.stack([torch.ones_like(positions), positions - (length - 1) / 2])
+        means = torch.matmul(basis[:1], windows) / length  # [n, 1, W]
+        if scratch is None:
+            scratch = torch.empty_like(windows)
+        centred = torch.sub(windows, means, out=scratch)
+        sums = torch.matmul(basis, centred)
+        residual, moment = sums[:, 0].double(), sums[:, 1].double()
+        squares = torch.matmul(basis[:1], centred.mul_(centred))[:, 0].double()
+        total = means[:, 0].double() * length + residual
+        centred_sq = (squares - residual.square() / length).clamp_min(0.0)
+        return cls(total, moment, centred_sq, windows.amax(1), windows.amin(1), length)
 
     @property
     def sum_sq(self) -> torch.Tensor:
@@ -126,18 +161,36 @@ class BatchContext:
 
 @dataclass
 class LayerBatch:
-    """One layer's activations in one batch: ``acts [B, T, W]`` (float32), ``flat [n_real, W]``
-    and the activity mask ``weights = mask(flat, τ)`` (float32 0/1; ``mask`` is the capture's
-    activation rule with the layer scale bound, :mod:`neuronbench.activation`), computed once for
-    every statistic. ``windowed``: a statistic reads :attr:`window_moments` (so the moments may too)."""
+    """One layer's activations in one batch: ``acts [B, T, W]`` (float32), ``flat [n_real, W]``,
+    ``level = mask.level(flat)`` (``|a|`` for a relative rule, else ``flat``) and the activity mask
+    ``weights = mask(flat, τ)`` (float32 0/1; ``mask`` is the capture's activation rule with the
+    layer scale bound, :mod:`neuronbench.activation`), computed once, when first read, for every statistic.
+    ``windowed``: a statistic reads :attr:`window_moments` (so the moments may too). Buffers come
+    from ``workspace`` (:class:`Workspace`)."""
 
     acts: torch.Tensor
     flat: torch.Tensor
-    weights: torch.Tensor
     threshold: float
     batch: BatchContext
     mask: Mask
+    workspace: Workspace
     windowed: bool = False
+
+    def scratch(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """The float32 ``"scratch"`` buffer (valid until the next request)."""
+        return self.workspace.buffer("scratch", shape, self.flat.device)
+
+    @cached_property
+    def level(self) -> torch.Tensor:
+        """``mask.level(flat)``: ``|a|`` (in the ``"level"`` buffer) for a relative rule, else ``flat``."""
+        out = self.workspace.buffer("level", self.flat.shape, self.flat.device) if self.mask.relative else None
+        return self.mask.level(self.flat, out)
+
+    @cached_property
+    def weights(self) -> torch.Tensor:
+        """The activity mask ``mask(flat, τ)`` (float32 0/1, in the ``"mask"`` buffer)."""
+        return self.mask.above(self.level, self.threshold, self.workspace.buffer("mask", self.flat.shape,
+                                                                                  self.flat.device))
 
     @cached_property
     def active(self) -> torch.Tensor:
@@ -161,7 +214,8 @@ class LayerBatch:
     @cached_property
     def window_moments(self) -> WindowMoments:
         """:class:`WindowMoments` of the full windows (computed once per layer and batch)."""
-        return WindowMoments.of(self.full_windows)
+        windows = self.full_windows
+        return WindowMoments.of(windows, self.scratch(windows.shape))
 
 
 class NeuronStatistic(Protocol):

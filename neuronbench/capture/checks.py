@@ -1,11 +1,14 @@
 """Non-finite activations fail the capture pass (SPEC §6: a NaN compares as inactive, so a model
 with a NaN in its weights would otherwise report "dead" neurons).
 
-Every tensor the hooks hand to the collector (neurons, and Δ for an SSM) is checked with one
-reduction per batch and layer: ``isfinite(Σ a)`` (float32 accumulation). Only when that sum is not
-finite is the tensor scanned element by element, so a finite tensor whose sum overflows float32 is
-not mistaken for a non-finite one. A non-finite value raises :class:`NonFiniteActivationError`
-naming the model, the layer, the tensor, the batch and the first offending position.
+Every tensor the hooks hand to the collector (neurons, and Δ for an SSM) is checked at its real
+(unpadded) positions without a reduction of its own: the statistics already reduce every real
+value once per batch (:attr:`~neuronbench.capture.moments.Moments.checksum`, the float32 sums of
+``log Δ`` for Δ), and a NaN or ±inf propagates into such a sum, so ``isfinite(Σ checksum)`` (a
+sum of ``W`` float64 values) decides. Only when it is not finite is the tensor scanned element by
+element, so a finite tensor whose sum overflows float32 is not mistaken for a non-finite one. A
+non-finite value raises :class:`NonFiniteActivationError` naming the model, the layer, the
+tensor, the batch and the first offending position.
 
 The check reads the result on the host (one synchronisation per batch and layer on a GPU).
 """
@@ -35,11 +38,14 @@ class FiniteCheck:
     def next_batch(self) -> None:
         self.batch += 1
 
-    def __call__(self, name: str, tensor: torch.Tensor) -> None:
-        """Raise :class:`NonFiniteActivationError` if ``tensor`` holds a NaN or ±inf."""
-        if bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
+    def __call__(self, name: str, tensor: torch.Tensor, checksum: torch.Tensor | None,
+                 real: torch.Tensor) -> None:
+        """Raise :class:`NonFiniteActivationError` if ``tensor [B, T, ...]`` holds a NaN or ±inf at a
+        real position (``real [B, T]``); ``checksum`` is the statistics' per-batch reduction of
+        those values (``None``: no real position)."""
+        if checksum is None or bool(torch.isfinite(checksum.sum())):
             return
-        bad = ~torch.isfinite(tensor)
+        bad = ~torch.isfinite(tensor) & real.view(*real.shape, *([1] * (tensor.dim() - 2)))
         if not bool(bad.any()):
             return
         layer, kind = parse_act_name(name)

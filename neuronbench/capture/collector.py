@@ -14,7 +14,7 @@ from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.activation import resolve_threshold
 from neuronbench.adapters.base import parse_layers
 from neuronbench.batching import fit_batch_size
-from neuronbench.capture.batch import BatchContext
+from neuronbench.capture.batch import BatchContext, Workspace
 from neuronbench.capture.checks import FiniteCheck, model_label
 from neuronbench.capture.config import CaptureConfig, NeuronLayout
 from neuronbench.capture.layer import LayerStatistics
@@ -70,6 +70,7 @@ class StatisticsCollector:
         self.exclude = torch.tensor(sorted(config.exclude_token_ids), dtype=torch.long, device=device)
         widths = {layer: adapter.neuron_width(layer) for layer in self.layers}
         chosen = _trigram_neurons(config.trigram_neurons, self.layers, widths)
+        self.workspace = Workspace()
         self.stats = {
             layer: LayerStatistics(
                 layer, widths[layer], self.threshold, tuple(config.sweep), window, device,
@@ -78,7 +79,7 @@ class StatisticsCollector:
                         if self.rows is not None else None),
                 trigram_counts=TrigramCounts(chosen[layer], device) if layer in chosen else None,
                 top_k=config.top_activations,
-                rule=self.rule, scale=scales.get(layer),
+                rule=self.rule, scale=scales.get(layer), workspace=self.workspace, compiled=config.compile,
             )
             for layer in self.layers
         }
@@ -122,12 +123,14 @@ class StatisticsCollector:
         self.finite.next_batch()
 
     def receive(self, name: str, tensor: torch.Tensor) -> None:
-        self.finite(name, tensor)
+        """Fold one named activation into its layer's statistics, then check it for non-finite
+        values through the statistics' per-batch checksum (:mod:`.checks`)."""
         layer, kind = parse_act_name(name)
         if kind == NEURONS:
-            self.stats[layer].update_neurons(tensor, self._batch)
+            checksum = self.stats[layer].update_neurons(tensor, self._batch)
         else:
-            self.stats[layer].update_delta(tensor, self._batch)
+            checksum = self.stats[layer].update_delta(tensor, self._batch)
+        self.finite(name, tensor, checksum, self._batch.real)
         self._seen.add(name)
 
     def end_batch(self) -> None:

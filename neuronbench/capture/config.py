@@ -22,7 +22,10 @@ class CaptureConfig:
     ``trigrams`` keeps the trigram index (and, with ``token_counts``, ``trigram_active_count``);
     ``trigram_neurons`` the neurons that get exact ``(trigram, neuron)`` tables: ``None``,
     ``"all"`` or ``{layer: neuron indices}``; ``top_activations`` k of the streamed top-k
-    activating positions per neuron (:mod:`.topk`; 0: not kept).
+    activating positions per neuron (:mod:`.topk`; 0: not kept); ``compile`` computes the moments'
+    per-batch reductions with ``torch.compile`` (:mod:`.compiled`; off by default: the first batch
+    compiles for tens of seconds on a CPU, and it falls back to the eager code with a warning if
+    compiling fails).
     """
 
     layers: tuple[int, ...] | str | None = None
@@ -38,6 +41,7 @@ class CaptureConfig:
     trigrams: bool = True
     trigram_neurons: Mapping[int, Sequence[int]] | str | None = None
     top_activations: int = 0
+    compile: bool = False
 
 
 @dataclass(frozen=True)

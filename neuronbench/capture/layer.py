@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from neuronbench.activation import ActivationRule
-from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic
+from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, Workspace
 from neuronbench.capture.moments import Moments
 from neuronbench.capture.positions import Positions
 from neuronbench.capture.ssm import DeltaMoments
@@ -23,16 +23,18 @@ class LayerStatistics:
     ``moments`` always; ``positions``, ``tokens`` (per-token table), ``trigram_counts`` and the
     top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
     positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
-    else fixed by the first batch.
+    else fixed by the first batch. Buffers come from ``workspace`` (shared by the layers of a capture);
+    ``compiled``: the moments use the compiled reductions (:mod:`.compiled`).
     """
 
     def __init__(self, layer: int, width: int, threshold: float, sweep: tuple[float, ...], window: int,
                  device: torch.device, positions: bool = True, tokens: TokenStatistics | None = None,
                  trigram_counts: TrigramCounts | None = None, top_k: int = 0, rule: ActivationRule | None = None,
-                 scale: float | None = None) -> None:
+                 scale: float | None = None, workspace: Workspace | None = None, compiled: bool = False) -> None:
         self.layer, self.width, self.threshold, self.window = layer, width, threshold, window
+        self.workspace = Workspace() if workspace is None else workspace
         self.rule, self.scale = rule, scale
-        self.moments = Moments(width, sweep, device)
+        self.moments = Moments(width, sweep, device, compiled)
         self.positions = Positions(width, window, device) if positions else None
         self.tokens = tokens
         self.trigram_counts = trigram_counts
@@ -49,22 +51,26 @@ class LayerStatistics:
     def n_windows(self) -> int:
         return 0 if self.positions is None else self.positions.n_windows
 
-    def update_neurons(self, acts: torch.Tensor, batch: BatchContext) -> None:
-        """Fold one batch ``acts [B, T, W]`` (real positions where ``batch.real``) into the totals."""
+    def update_neurons(self, acts: torch.Tensor, batch: BatchContext) -> torch.Tensor | None:
+        """Fold one batch ``acts [B, T, W]`` (real positions where ``batch.real``) into the totals;
+        return the moments' :attr:`~neuronbench.capture.moments.Moments.checksum` (``None``
+        without real tokens)."""
         if acts.shape[-1] != self.width or acts.shape[:2] != batch.real.shape:
             raise CaptureError(
                 f"layer {self.layer}: neuron tensor of shape {tuple(acts.shape)} does not match "
                 f"the batch {tuple(batch.real.shape)} and width {self.width}"
             )
-        acts = acts.float()
+        space = self.workspace
+        if acts.dtype != torch.float32 or not acts.is_contiguous():  # e.g. Mamba's transposed scan output
+            acts = space.buffer("acts", acts.shape, acts.device).copy_(acts)
         flat = batch.flat(acts)
         if self.scale is None:
             self.scale = self.rule.layer_scale(flat)
-        mask = self.rule.bind(self.scale)
-        view = LayerBatch(acts=acts, flat=flat, weights=mask(flat, self.threshold), threshold=self.threshold,
-                          batch=batch, mask=mask, windowed=self.positions is not None)
+        view = LayerBatch(acts=acts, flat=flat, threshold=self.threshold, batch=batch,
+                          mask=self.rule.bind(self.scale), workspace=space, windowed=self.positions is not None)
         for statistic in self.statistics:
             statistic.update(view)
+        return self.moments.checksum
 
     def update_ngrams(self, active: torch.Tensor, batch: BatchContext) -> None:
         """Fold ``active [n_real, W]`` (``a > τ`` at the real positions, row-major) into the per-token
@@ -74,8 +80,9 @@ class LayerStatistics:
         if self.trigram_counts is not None:
             self.trigram_counts.add(batch.trigram_ids, active, batch.trigram)
 
-    def update_delta(self, delta: torch.Tensor, batch: BatchContext) -> None:
-        self.delta.update(delta, batch)
+    def update_delta(self, delta: torch.Tensor, batch: BatchContext) -> torch.Tensor | None:
+        """Fold one batch of Δ; return its checksum (:meth:`DeltaMoments.update`)."""
+        return self.delta.update(delta, batch, self.workspace)
 
     def result(self) -> dict[str, np.ndarray]:
         """Every array as numpy (consumes the count tables)."""

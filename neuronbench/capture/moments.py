@@ -11,10 +11,17 @@ array                       shape                definition
 ==========================  ===================  ==============================================
 
 Each batch is reduced in float32 (counts as matmuls of the 0/1 mask; sums around a pivot,
-:func:`shifted_sums`) and only the per-batch results are added to the float64 / int64 totals. When every
-window of the batch is full and the positional statistics already computed the per-window
-sufficient statistics (:class:`~neuronbench.capture.batch.WindowMoments`, float64 window sums),
-the sums and extremes are read from those instead of reducing the batch again.
+:func:`shifted_sums`) and only the per-batch results are added to the float64 / int64 totals. The
+sweep's masks are computed from the layer's one ``level`` (``|a|`` or ``a``) into the workspace's
+scratch buffer, one τ at a time. When every window of the batch is full and the positional
+statistics read the per-window sufficient statistics
+(:class:`~neuronbench.capture.batch.WindowMoments`), the sums and extremes are read from those
+instead of reducing the batch again. With ``CaptureConfig.compile`` the counts, sums and extremes
+come from one compiled function instead (:mod:`.compiled`).
+
+:attr:`Moments.checksum` is a per-batch reduction over every real value of the batch (float64,
+NaN or ±inf wherever an input value is, barring float32 overflow): the non-finite check of
+:mod:`neuronbench.capture.checks` reads it instead of reducing the tensor once more.
 """
 
 from __future__ import annotations
@@ -22,26 +29,37 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import LayerBatch, column_counts
+from neuronbench.capture.batch import LayerBatch, column_counts, column_sums
 
 
-def shifted_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Σ a, Σ a²)`` per column of ``flat [n, W]`` (float64), summed in float32 around the first
-    row ``p``: ``Σ a = Σ (a − p) + n·p``, ``Σ a² = Σ (a − p)² + 2p·Σ (a − p) + n·p²``. The float32
-    rounding is relative to the spread around ``p``, not to ``|a|``: exact for a constant neuron."""
-    pivot = flat[0]
-    shifted = flat - pivot
-    s1, s2, p, n = shifted.sum(0).double(), (shifted * shifted).sum(0).double(), pivot.double(), flat.shape[0]
+def pivot_totals(shifted_sum: torch.Tensor, shifted_sq: torch.Tensor, pivot: torch.Tensor,
+                 n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ a, Σ a²)`` (float64) from the float32 sums around ``p``: ``Σ a = Σ (a − p) + n·p``,
+    ``Σ a² = Σ (a − p)² + 2p·Σ (a − p) + n·p²``."""
+    s1, s2, p = shifted_sum.double(), shifted_sq.double(), pivot.double()
     return s1 + n * p, s2 + 2 * p * s1 + n * p * p
+
+
+def shifted_sums(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ a, Σ a²)`` per column of ``flat [n, W]`` (float64), summed in float32 around the first
+    row ``p`` (:func:`pivot_totals`). The float32 rounding is relative to the spread around ``p``,
+    not to ``|a|``: exact for a constant neuron. ``scratch`` (shape of ``flat``) receives ``a − p``
+    and then its squares."""
+    pivot = flat[0]
+    shifted = torch.sub(flat, pivot, out=torch.empty_like(flat) if scratch is None else scratch)
+    s1 = shifted.sum(0)
+    return pivot_totals(s1, shifted.mul_(shifted).sum(0), pivot, flat.shape[0])
 
 
 class Moments:
     """``active_count``, ``sweep_count``, ``sum``, ``sum_sq``, ``abs_sum``, ``max``, ``min`` of one layer."""
 
-    def __init__(self, width: int, sweep: tuple[float, ...], device: torch.device) -> None:
+    def __init__(self, width: int, sweep: tuple[float, ...], device: torch.device, compiled: bool = False) -> None:
         long, f64 = torch.long, torch.float64
         self.sweep = sweep
+        self.compiled = compiled
         self.n_tokens = 0
+        self.checksum: torch.Tensor | None = None
         self.totals = dict(
             active_count=torch.zeros(width, dtype=long, device=device),
             sweep_count=torch.zeros(len(sweep), width, dtype=long, device=device),
@@ -53,26 +71,50 @@ class Moments:
         )
 
     def update(self, view: LayerBatch) -> None:
-        flat, a = view.flat, self.totals
+        flat = view.flat
         self.n_tokens += flat.shape[0]
+        self.checksum = None
         if flat.shape[0] == 0:
             return
-        a["active_count"] += column_counts(view.weights)
-        for i, tau in enumerate(self.sweep):
-            mask = view.weights if tau == view.threshold else view.mask(flat, tau)
-            a["sweep_count"][i] += column_counts(mask)
-        if view.windowed and view.batch.all_real:
-            windows = view.window_moments
-            total, total_sq = windows.total.sum(0), windows.sum_sq.sum(0)
-            largest, smallest = windows.max.amax(0), windows.min.amin(0)
+        if self.compiled:
+            total, total_sq, largest, smallest = self._compiled_update(view)
         else:
-            total, total_sq = shifted_sums(flat)
-            largest, smallest = flat.amax(0), flat.amin(0)
+            total, total_sq, largest, smallest = self._eager_update(view)
+        a = self.totals
+        self.checksum = total
         a["sum"] += total
         a["sum_sq"] += total_sq
         torch.maximum(a["max"], largest.double(), out=a["max"])
         torch.minimum(a["min"], smallest.double(), out=a["min"])
-        a["abs_sum"] += flat.abs().sum(0).double()  # a float32 reduction per batch, float64 totals
+
+    def _eager_update(self, view: LayerBatch) -> tuple[torch.Tensor, ...]:
+        """Counts and ``Σ |a|`` added; returns ``(Σ a, Σ a², max, min)`` of the batch."""
+        flat, a = view.flat, self.totals
+        a["active_count"] += column_counts(view.weights)
+        for i, tau in enumerate(self.sweep):
+            mask = view.weights if tau == view.threshold else view.mask.above(view.level, tau, view.scratch(flat.shape))
+            a["sweep_count"][i] += column_counts(mask)
+        magnitude = view.level if view.mask.relative else torch.abs(flat, out=view.scratch(flat.shape))
+        a["abs_sum"] += column_sums(magnitude)  # a float32 reduction per batch, float64 totals
+        if view.windowed and view.batch.all_real:
+            windows = view.window_moments
+            return windows.total.sum(0), windows.sum_sq.sum(0), windows.max.amax(0), windows.min.amin(0)
+        total, total_sq = shifted_sums(flat, view.scratch(flat.shape))
+        return total, total_sq, flat.amax(0), flat.amin(0)
+
+    def _compiled_update(self, view: LayerBatch) -> tuple[torch.Tensor, ...]:
+        """As :meth:`_eager_update`, from the compiled reductions (:mod:`.compiled`)."""
+        from neuronbench.capture.compiled import reductions
+
+        flat, a = view.flat, self.totals
+        cuts = torch.tensor([view.mask.cut(tau) for tau in (view.threshold, *self.sweep)], dtype=flat.dtype,
+                            device=flat.device)
+        counts, shifted_sum, shifted_sq, abs_sum, largest, smallest = reductions(flat, cuts, view.mask.relative)
+        a["active_count"] += counts[0]
+        a["sweep_count"] += counts[1:]
+        a["abs_sum"] += abs_sum
+        total, total_sq = pivot_totals(shifted_sum, shifted_sq, flat[0], flat.shape[0])
+        return total, total_sq, largest, smallest
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: value.cpu().numpy() for name, value in self.totals.items()}

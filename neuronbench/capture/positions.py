@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import LayerBatch, WindowMoments
+from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, WindowMoments
 
 
 def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
@@ -24,36 +24,57 @@ def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
 
     ``r = Σ_t (t − t̄)(a_t − ā) / sqrt(Σ_t (t − t̄)² · Σ_t (a_t − ā)²)`` over the T positions of
     a window; defined as 0 where the neuron is constant within the window (``max == min``, an
-    exact test). The numerator ``Σ_t (t − t̄) a_t`` is one float64 matmul, the spread is summed
-    in float32 around the float64 window mean (:class:`~neuronbench.capture.batch.WindowMoments`);
-    returns ``[n, W]`` float64.
+    exact test). Numerator and spread are float32 sums of the values centred on the window mean
+    (:class:`~neuronbench.capture.batch.WindowMoments`); returns ``[n, W]`` float64.
     """
     return WindowMoments.of(windows.float()).pearson()
 
 
 class Positions:
-    """``pos_tokens``, ``pos_active``, ``pos_sum``, ``pearson_sum`` of one layer."""
+    """``pos_tokens``, ``pos_active``, ``pos_sum``, ``pearson_sum`` of one layer.
+
+    Per batch, the sums over its full windows are matrix-vector products (float32; ``pos_active``
+    sums at most a batch of 0/1 values: exact). ``pos_active`` is totalled in float32, exact while
+    below :data:`~neuronbench.capture.batch.EXACT_ROWS` windows, and moved into an int64 total
+    before it could get there; ``pos_sum`` is totalled in float64. The ``[T, W]`` totals are made
+    by the first batch (no zero-filled arrays to add into)."""
 
     def __init__(self, width: int, window: int, device: torch.device) -> None:
-        long, f64 = torch.long, torch.float64
+        self.shape = (window, width)
         self.n_windows = 0
-        self.totals = dict(
-            pos_tokens=torch.zeros(window, dtype=long, device=device),
-            pos_active=torch.zeros(window, width, dtype=long, device=device),
-            pos_sum=torch.zeros(window, width, dtype=f64, device=device),
-            pearson_sum=torch.zeros(width, dtype=f64, device=device),
-        )
+        self.pending = 0
+        """Windows counted in the float32 total ``active``."""
+        self.pos_tokens = torch.zeros(window, dtype=torch.long, device=device)
+        self.active: torch.Tensor | None = None
+        self.moved = torch.zeros(self.shape, dtype=torch.long, device=device)
+        self.pos_sum: torch.Tensor | None = None
+        self.pearson_sum = torch.zeros(width, dtype=torch.float64, device=device)
 
     def update(self, view: LayerBatch) -> None:
         windows = view.full_windows
-        if windows.shape[0] == 0:
+        n = windows.shape[0]
+        if n == 0:
             return
-        a = self.totals
-        self.n_windows += windows.shape[0]
-        a["pos_tokens"] += windows.shape[0]
-        a["pos_active"] += view.full_weights.sum(0).long()  # ≤ batch size terms: exact in float32
-        a["pos_sum"] += view.window_moments.position_total
-        a["pearson_sum"] += view.window_moments.pearson().sum(0)
+        if self.pending + n >= EXACT_ROWS:
+            self.moved += self.active.long()
+            self.active.zero_()
+            self.pending = 0
+        self.n_windows += n
+        self.pending += n
+        self.pos_tokens += n
+        ones = torch.ones(1, n, dtype=windows.dtype, device=windows.device)
+        active = (ones @ view.full_weights.reshape(n, -1)).view(self.shape)
+        total = (ones @ windows.reshape(n, -1)).view(self.shape)
+        if self.active is None:
+            self.active, self.pos_sum = active, total.double()
+        else:
+            self.active += active
+            self.pos_sum += total
+        self.pearson_sum += view.window_moments.pearson().sum(0)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: value.cpu().numpy() for name, value in self.totals.items()}
+        device = self.pos_tokens.device
+        active = self.moved if self.active is None else self.moved + self.active.long()
+        total = torch.zeros(self.shape, dtype=torch.float64, device=device) if self.pos_sum is None else self.pos_sum
+        return {"pos_tokens": self.pos_tokens.cpu().numpy(), "pos_active": active.cpu().numpy(),
+                "pos_sum": total.cpu().numpy(), "pearson_sum": self.pearson_sum.cpu().numpy()}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import BatchContext
+from neuronbench.capture.batch import BatchContext, Workspace
 
 
 class DeltaMoments:
@@ -33,11 +33,13 @@ class DeltaMoments:
         self.pivot: torch.Tensor | None = None
         self.totals: dict[str, torch.Tensor] = {}
 
-    def update(self, delta: torch.Tensor, batch: BatchContext) -> None:
-        """Fold ``log Δ`` of the real positions of ``delta [B, T, D]``."""
-        log_delta = batch.flat(delta).float().log()
-        if log_delta.shape[0] == 0:
-            return
+    def update(self, delta: torch.Tensor, batch: BatchContext, workspace: Workspace) -> torch.Tensor | None:
+        """Fold ``log Δ`` of the real positions of ``delta [B, T, D]``; return the batch's float32
+        ``Σ (log Δ − c)`` (the non-finite check's checksum; ``None`` without real tokens)."""
+        flat = batch.flat(delta)
+        if flat.shape[0] == 0:
+            return None
+        log_delta = torch.log(flat, out=workspace.buffer("delta", flat.shape, flat.device))
         a = self.totals
         if self.pivot is None:
             d, dev = log_delta.shape[-1], self.device
@@ -49,11 +51,13 @@ class DeltaMoments:
                 log_delta_min=torch.full((d,), torch.inf, dtype=torch.float64, device=dev),
             )
         self.n_tokens += log_delta.shape[0]
-        shifted = log_delta - self.pivot
-        a["shifted_sum"] += shifted.sum(0).double()
-        a["shifted_sum_sq"] += (shifted * shifted).sum(0).double()
         torch.maximum(a["log_delta_max"], log_delta.amax(0).double(), out=a["log_delta_max"])
         torch.minimum(a["log_delta_min"], log_delta.amin(0).double(), out=a["log_delta_min"])
+        shifted = log_delta.sub_(self.pivot)
+        checksum = shifted.sum(0)
+        a["shifted_sum"] += checksum
+        a["shifted_sum_sq"] += shifted.mul_(shifted).sum(0)
+        return checksum
 
     def arrays(self) -> dict[str, np.ndarray]:
         if self.pivot is None:
