@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -232,3 +234,45 @@ def test_bad_trigram_neuron_selection_is_rejected(config, error, message):
     ids = torch.zeros(2, 4, dtype=torch.long)
     with pytest.raises(error, match=message):
         feed_layout(ids, torch.ones_like(ids), torch.zeros(2, 4, 4), batch=2, **config)
+
+
+# -- the compiled update (CaptureConfig.compile): its functions and its eager fallback ----------
+def test_compiled_update_functions_give_the_eager_statistics(monkeypatch):
+    """The compiled path's functions (run eagerly here: compiling takes a minute on a CPU; the
+    benchmark's ``--compile`` runs them compiled) give the eager capture's statistics."""
+    from neuronbench.capture import compiled
+
+    for name in ("moments", "windows"):
+        monkeypatch.setattr(getattr(compiled, name), "compiled", getattr(compiled, name).fn)
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 9, (7, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[-1, 7:] = 0
+    acts = torch.randn(7, 12, 5, generator=generator) + 2.0
+    for rule in ("positive", "magnitude"):
+        eager, fused = (feed_layout(ids, mask, acts, batch=3, activation=rule, sweep=SWEEP, compile=c)
+                        for c in (False, True))
+        for name, value in eager.layer(0).items():
+            if value.dtype.kind in "iu":
+                np.testing.assert_array_equal(fused.layer(0)[name], value, err_msg=name)
+            else:
+                np.testing.assert_allclose(fused.layer(0)[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_a_compile_failure_warns_and_runs_eagerly(monkeypatch):
+    from neuronbench.capture import compiled
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    wrapped = compiled.Compiled(compiled.moment_reductions)
+    monkeypatch.setattr(wrapped, "compiled", broken)
+    monkeypatch.setattr(compiled, "FALLBACK", {})
+    flat, cuts = torch.tensor([[1.0, -2.0], [3.0, 0.5]]), torch.tensor([0.0, 1.0])
+    with pytest.warns(RuntimeWarning, match="moment_reductions failed .*no C\\+\\+ compiler.*eager"):
+        counts = wrapped(flat, cuts, False)[0]
+    assert counts.tolist() == [[2, 1], [1, 0]]
+    assert "no C++ compiler" in compiled.FALLBACK["moment_reductions"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # eager from now on, without a new warning
+        assert wrapped(flat, cuts, False)[0].tolist() == [[2, 1], [1, 0]]

@@ -166,7 +166,8 @@ class LayerBatch:
     ``weights = mask(flat, τ)`` (float32 0/1; ``mask`` is the capture's activation rule with the
     layer scale bound, :mod:`neuronbench.activation`), computed once, when first read, for every statistic.
     ``windowed``: a statistic reads :attr:`window_moments` (so the moments may too). Buffers come
-    from ``workspace`` (:class:`Workspace`)."""
+    from ``workspace`` (:class:`Workspace`). ``compiled``: window statistics come from
+    :func:`neuronbench.capture.compiled.window_reductions`."""
 
     acts: torch.Tensor
     flat: torch.Tensor
@@ -175,6 +176,7 @@ class LayerBatch:
     mask: Mask
     workspace: Workspace
     windowed: bool = False
+    compiled: bool = False
 
     def scratch(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """The float32 ``"scratch"`` buffer (valid until the next request)."""
@@ -215,7 +217,31 @@ class LayerBatch:
     def window_moments(self) -> WindowMoments:
         """:class:`WindowMoments` of the full windows (computed once per layer and batch)."""
         windows = self.full_windows
-        return WindowMoments.of(windows, self.scratch(windows.shape))
+        if not self.compiled:
+            return WindowMoments.of(windows, self.scratch(windows.shape))
+        total, moment, sum_sq, largest, smallest = self._compiled_windows[:5]
+        length = windows.shape[1]
+        centred_sq = (sum_sq - total.square() / length).clamp_min(0.0)
+        return WindowMoments(total, moment, centred_sq, largest, smallest, length)
+
+    @cached_property
+    def position_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Σ_windows mask, Σ_windows a)`` per position ``[T, W]`` over the full windows (float32
+        matrix-vector products; compiled: int64 and float64)."""
+        if self.compiled:
+            return self._compiled_windows[5], self._compiled_windows[6]
+        windows = self.full_windows
+        n = windows.shape[0]
+        ones = torch.ones(1, n, dtype=windows.dtype, device=windows.device)
+        return ((ones @ self.full_weights.reshape(n, -1)).view(windows.shape[1:]),
+                (ones @ windows.reshape(n, -1)).view(windows.shape[1:]))
+
+    @cached_property
+    def _compiled_windows(self) -> tuple[torch.Tensor, ...]:
+        from neuronbench.capture import compiled
+
+        cut = torch.tensor(self.mask.cut(self.threshold), dtype=torch.float32, device=self.flat.device)
+        return compiled.windows(self.full_windows, cut, self.mask.relative)
 
 
 class NeuronStatistic(Protocol):

@@ -1,39 +1,43 @@
-"""The moments' per-batch reductions as one ``torch.compile``d function (``CaptureConfig.compile``).
+"""One layer's per-batch reductions as ``torch.compile``d functions (``CaptureConfig.compile``).
 
 :func:`moment_reductions` computes, from one layer's batch ``flat [n, W]`` (float32) and the cut
 levels ``cuts [S]`` (τ, then the sweep's τ_s, already multiplied by the layer scale for a relative
 rule), everything :class:`~neuronbench.capture.moments.Moments` adds to its totals:
-
 ``counts[s] = Σ_rows [level(a) > cuts[s]]`` (int64, exact), ``Σ (a − p)`` and ``Σ (a − p)²`` around
-the first row ``p`` (as :func:`~neuronbench.capture.moments.shifted_sums`), ``Σ |a|``, ``max``,
-``min``. Eager, these are about ``2S + 8`` passes over the batch; compiled (Inductor), the
-reductions share loops, and nothing of size ``[n, W]`` is written. Compiled, the sums accumulate
-in float64 (the eager update: float32 per batch).
+the first row ``p`` (as :func:`~neuronbench.capture.moments.shifted_sums`), ``Σ |a|``, ``max``, ``min``.
 
-The first call compiles (tens of seconds on a CPU; Inductor caches the result on disk for later
-processes). If compiling or running the compiled function fails, :func:`reductions` warns once,
-names the error, and uses the eager function for the rest of the process
-(:data:`FALLBACK` records why). Counts are identical either way; float sums differ only by the
-order of float32 additions.
+:func:`window_reductions` computes, from the full windows ``[n, T, W]``, what
+:class:`~neuronbench.capture.batch.WindowMoments` and :class:`~neuronbench.capture.positions.Positions`
+need: per window ``Σ_t a_t``, ``Σ_t (t − t̄) a_t``, ``Σ_t a_t²``, max, min, and per position the
+active count and ``Σ a`` over the windows.
+
+Eager, these are about ``2S + 8`` and ``8`` passes over the batch; compiled (Inductor), the
+reductions share loops and nothing of size ``[n, W]`` is written, so the sums accumulate in
+float64 at no extra memory traffic (products of float32 values are exact in float64): more exact
+than the eager update, which sums in float32 around a pivot. Counts are identical either way.
+
+The first call of each compiles (tens of seconds on a CPU; Inductor caches the result on disk for
+later processes). If compiling or running a compiled function fails, it warns once, naming the
+error, and runs eagerly for the rest of the process (:data:`FALLBACK` records why).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 
-FALLBACK: list[str] = []
-"""Why the compiled function is not used (empty while it is)."""
-COMPILE_SECONDS: list[float] = []
-"""Wall time of each call that compiled (the first call for each new kind of input)."""
+FALLBACK: dict[str, str] = {}
+"""``{function name: the error}`` for each compiled function that failed (then runs eagerly)."""
+COMPILE_SECONDS: dict[str, float] = {}
+"""Wall time of the first (compiling) call of each compiled function in this process."""
 
 
 def moment_reductions(flat: torch.Tensor, cuts: torch.Tensor, relative: bool) -> tuple[torch.Tensor, ...]:
-    """``(counts [S, W] int64, Σ (a − p), Σ (a − p)², Σ |a|, max, min)`` of ``flat``; the sums are
-    accumulated in float64 (inside the fused loop this costs no memory traffic; eager, the fallback
-    pays for the copies)."""
+    """``(counts [S, W] int64, Σ (a − p), Σ (a − p)², Σ |a|, max, min)`` of ``flat [n, W]``
+    (sums float64, extremes float32)."""
     magnitude = flat.abs()
     level = magnitude if relative else flat
     counts = torch.stack([(level > cuts[i]).sum(0) for i in range(cuts.shape[0])])
@@ -42,24 +46,41 @@ def moment_reductions(flat: torch.Tensor, cuts: torch.Tensor, relative: bool) ->
             flat.amin(0))
 
 
-_compiled = torch.compile(moment_reductions, dynamic=True)
-_shapes_seen: set[tuple[int, bool]] = set()
+def window_reductions(windows: torch.Tensor, cut: torch.Tensor, relative: bool) -> tuple[torch.Tensor, ...]:
+    """Of full windows ``[n, T, W]``: per window ``(Σ_t a_t, Σ_t (t − t̄) a_t, Σ_t a_t²)`` (float64
+    ``[n, W]``), ``max``, ``min`` (float32 ``[n, W]``); per position ``Σ_windows [level(a) > cut]``
+    (int64 ``[T, W]``) and ``Σ_windows a`` (float64 ``[T, W]``)."""
+    wide = windows.double()
+    length = windows.shape[1]
+    centre = torch.arange(length, dtype=torch.float64, device=windows.device) - (length - 1) / 2
+    level = windows.abs() if relative else windows
+    return (wide.sum(1), (wide * centre[:, None]).sum(1), (wide * wide).sum(1), windows.amax(1), windows.amin(1),
+            (level > cut).sum(0), wide.sum(0))
 
 
-def reductions(flat: torch.Tensor, cuts: torch.Tensor, relative: bool) -> tuple[torch.Tensor, ...]:
-    """:func:`moment_reductions`, compiled unless compiling failed in this process (then eager)."""
-    if FALLBACK:
-        return moment_reductions(flat, cuts, relative)
-    key = (cuts.shape[0], relative)
-    start = time.perf_counter()
-    try:
-        result = _compiled(flat, cuts, relative)
-    except Exception as error:  # any compiler or runtime failure of the compiled code: eager from now on
-        FALLBACK.append(f"{type(error).__name__}: {error}")
-        warnings.warn(f"torch.compile of the capture's moment update failed ({FALLBACK[0].splitlines()[0]}); "
-                      "using the eager update", RuntimeWarning, stacklevel=2)
-        return moment_reductions(flat, cuts, relative)
-    if key not in _shapes_seen:
-        _shapes_seen.add(key)
-        COMPILE_SECONDS.append(time.perf_counter() - start)
-    return result
+class Compiled:
+    """``fn`` under ``torch.compile`` (dynamic shapes), with the eager fallback described above."""
+
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, ...]]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.compiled = torch.compile(fn, dynamic=True)
+
+    def __call__(self, *args) -> tuple[torch.Tensor, ...]:
+        if self.name in FALLBACK:
+            return self.fn(*args)
+        start = time.perf_counter()
+        try:
+            result = self.compiled(*args)
+        except Exception as error:  # any compiler or runtime failure of the compiled code: eager from now on
+            FALLBACK[self.name] = f"{type(error).__name__}: {error}"
+            warnings.warn(f"torch.compile of the capture's {self.name} failed "
+                          f"({FALLBACK[self.name].splitlines()[0]}); using the eager function", RuntimeWarning,
+                          stacklevel=2)
+            return self.fn(*args)
+        COMPILE_SECONDS.setdefault(self.name, time.perf_counter() - start)
+        return result
+
+
+moments = Compiled(moment_reductions)
+windows = Compiled(window_reductions)

@@ -22,10 +22,10 @@ class CaptureConfig:
     ``trigrams`` keeps the trigram index (and, with ``token_counts``, ``trigram_active_count``);
     ``trigram_neurons`` the neurons that get exact ``(trigram, neuron)`` tables: ``None``,
     ``"all"`` or ``{layer: neuron indices}``; ``top_activations`` k of the streamed top-k
-    activating positions per neuron (:mod:`.topk`; 0: not kept); ``compile`` computes the moments'
-    per-batch reductions with ``torch.compile`` (:mod:`.compiled`; off by default: the first batch
-    compiles for tens of seconds on a CPU, and it falls back to the eager code with a warning if
-    compiling fails).
+    activating positions per neuron (:mod:`.topk`; 0: not kept); ``compile`` computes the moments' and
+    the window statistics' per-batch reductions with ``torch.compile`` (:mod:`.compiled`; off by
+    default: the first batch compiles for tens of seconds on a CPU; a failure to compile falls back
+    to the eager code with a warning).
     """
 
     layers: tuple[int, ...] | str | None = None

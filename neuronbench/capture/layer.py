@@ -24,7 +24,7 @@ class LayerStatistics:
     top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
     positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
     else fixed by the first batch. Buffers come from ``workspace`` (shared by the layers of a capture);
-    ``compiled``: the moments use the compiled reductions (:mod:`.compiled`).
+    ``compiled``: the moments and window statistics use the compiled reductions (:mod:`.compiled`).
     """
 
     def __init__(self, layer: int, width: int, threshold: float, sweep: tuple[float, ...], window: int,
@@ -67,7 +67,8 @@ class LayerStatistics:
         if self.scale is None:
             self.scale = self.rule.layer_scale(flat)
         view = LayerBatch(acts=acts, flat=flat, threshold=self.threshold, batch=batch,
-                          mask=self.rule.bind(self.scale), workspace=space, windowed=self.positions is not None)
+                          mask=self.rule.bind(self.scale), workspace=space, windowed=self.positions is not None,
+                          compiled=self.moments.compiled)
         for statistic in self.statistics:
             statistic.update(view)
         return self.moments.checksum

@@ -104,12 +104,12 @@ class Moments:
 
     def _compiled_update(self, view: LayerBatch) -> tuple[torch.Tensor, ...]:
         """As :meth:`_eager_update`, from the compiled reductions (:mod:`.compiled`)."""
-        from neuronbench.capture.compiled import reductions
+        from neuronbench.capture import compiled
 
         flat, a = view.flat, self.totals
         cuts = torch.tensor([view.mask.cut(tau) for tau in (view.threshold, *self.sweep)], dtype=flat.dtype,
                             device=flat.device)
-        counts, shifted_sum, shifted_sq, abs_sum, largest, smallest = reductions(flat, cuts, view.mask.relative)
+        counts, shifted_sum, shifted_sq, abs_sum, largest, smallest = compiled.moments(flat, cuts, view.mask.relative)
         a["active_count"] += counts[0]
         a["sweep_count"] += counts[1:]
         a["abs_sum"] += abs_sum

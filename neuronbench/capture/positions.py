@@ -33,8 +33,8 @@ def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
 class Positions:
     """``pos_tokens``, ``pos_active``, ``pos_sum``, ``pearson_sum`` of one layer.
 
-    Per batch, the sums over its full windows are matrix-vector products (float32; ``pos_active``
-    sums at most a batch of 0/1 values: exact). ``pos_active`` is totalled in float32, exact while
+    Per batch, the sums over its full windows are :attr:`~neuronbench.capture.batch.LayerBatch.position_sums`
+    (``pos_active`` sums at most a batch of 0/1 values: exact). ``pos_active`` is totalled in float32, exact while
     below :data:`~neuronbench.capture.batch.EXACT_ROWS` windows, and moved into an int64 total
     before it could get there; ``pos_sum`` is totalled in float64. The ``[T, W]`` totals are made
     by the first batch (no zero-filled arrays to add into)."""
@@ -62,11 +62,9 @@ class Positions:
         self.n_windows += n
         self.pending += n
         self.pos_tokens += n
-        ones = torch.ones(1, n, dtype=windows.dtype, device=windows.device)
-        active = (ones @ view.full_weights.reshape(n, -1)).view(self.shape)
-        total = (ones @ windows.reshape(n, -1)).view(self.shape)
+        active, total = view.position_sums
         if self.active is None:
-            self.active, self.pos_sum = active, total.double()
+            self.active, self.pos_sum = active.float(), total.double()
         else:
             self.active += active
             self.pos_sum += total
