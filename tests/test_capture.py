@@ -276,3 +276,13 @@ def test_a_compile_failure_warns_and_runs_eagerly(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # eager from now on, without a new warning
         assert wrapped(flat, cuts, False)[0].tolist() == [[2, 1], [1, 0]]
+
+
+def test_sweep_counts_in_blocks_equal_one_comparison_per_threshold():
+    from neuronbench.capture.batch import Workspace
+    from neuronbench.capture.moments import sweep_counts
+
+    level = torch.randn(70, 6, generator=torch.Generator().manual_seed(5)).round(decimals=1)  # ties at the cuts
+    cuts = [0.0, 0.1, 0.5, -1.0]
+    expected = torch.stack([(level > cut).sum(0) for cut in cuts])
+    assert torch.equal(sweep_counts(level, cuts, Workspace()), expected)  # 70 rows: two blocks of 32 and a tail

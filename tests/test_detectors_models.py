@@ -133,8 +133,10 @@ def check_brute_force(stats, tensors, windows: TokenWindows, excluded: set[int])
         np.testing.assert_allclose(found["dead"][layer].scores, naive_freq(acts, mask, tau), rtol=1e-12)
         np.testing.assert_allclose(found["positional"][layer].scores, naive_mutual_information(acts, mask, tau),
                                    rtol=1e-6, atol=1e-12)
+        # A mean of per-window correlations in [-1, 1] can cancel: each window's r is within 1e-7
+        # of the float64 reference (float32 sums of centred values), so the mean is too.
         np.testing.assert_allclose(found["positional_pearson"][layer].scores, naive_mean_pearson(raw, mask),
-                                   rtol=1e-6, atol=1e-9)
+                                   rtol=1e-6, atol=1e-7)
         for n, name, max_count in ((1, "token", 5), (3, "trigram", 50)):
             tables, occurrences = naive_ngram_tables(acts, ids, mask, tau, excluded, n)
             counts, detected = naive_ngram_detection(tables, occurrences, max_count=max_count)

@@ -12,8 +12,8 @@ array                       shape                definition
 
 Each batch is reduced in float32 (counts as matmuls of the 0/1 mask; sums around a pivot,
 :func:`shifted_sums`) and only the per-batch results are added to the float64 / int64 totals. The
-sweep's masks are computed from the layer's one ``level`` (``|a|`` or ``a``) into the workspace's
-scratch buffer, one τ at a time. When every window of the batch is full and the positional
+sweep's counts come from the layer's one ``level`` (``|a|`` or ``a``), compared with every τ_s a
+block of rows at a time (:func:`sweep_counts`). When every window of the batch is full and the positional
 statistics read the per-window sufficient statistics
 (:class:`~neuronbench.capture.batch.WindowMoments`), the sums and extremes are read from those
 instead of reducing the batch again. With ``CaptureConfig.compile`` the counts, sums and extremes
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import LayerBatch, column_counts, column_sums
+from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, Workspace, column_counts, column_sums
 
 
 def pivot_totals(shifted_sum: torch.Tensor, shifted_sq: torch.Tensor, pivot: torch.Tensor,
@@ -49,6 +49,36 @@ def shifted_sums(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> tup
     shifted = torch.sub(flat, pivot, out=torch.empty_like(flat) if scratch is None else scratch)
     s1 = shifted.sum(0)
     return pivot_totals(s1, shifted.mul_(shifted).sum(0), pivot, flat.shape[0])
+
+
+SWEEP_ROWS = {"cpu": 32}
+"""Rows compared with every sweep τ at a time by :func:`sweep_counts`, per device type (others: 1024)."""
+
+
+def sweep_counts(level: torch.Tensor, cuts: list[float], workspace: Workspace) -> torch.Tensor:
+    """``#{rows : level > cut_s}`` per column of ``level [n, W]`` for every cut (int64 ``[S, W]``).
+
+    The rows are compared with all cuts a block at a time (:data:`SWEEP_ROWS`): one broadcast
+    comparison into an ``[S, rows, W]`` buffer, then one batched matrix product adds the block's
+    column sums to a float32 total (exact: fewer than :data:`EXACT_ROWS` rows per total). Each
+    block of ``level`` is read from memory once while its ``S`` masks stay in cache; ``S``
+    separate passes over the whole batch cost about twice as much on a CPU."""
+    (n, width), count, device = level.shape, len(cuts), level.device
+    block = min(SWEEP_ROWS.get(device.type, 1024), max(n, 1))
+    thresholds = torch.tensor(cuts, dtype=level.dtype, device=device).view(count, 1, 1)
+    masks = workspace.buffer("sweep", (count, block, width), device)
+    ones = torch.ones(count, 1, block, dtype=level.dtype, device=device)
+    total = torch.zeros(count, width, dtype=torch.long, device=device)
+    span = (EXACT_ROWS - 1) // block * block
+    for group in range(0, n, span):
+        partial = torch.zeros(count, 1, width, dtype=level.dtype, device=device)
+        for start in range(group, min(n, group + span), block):
+            part = level[start:start + block]
+            rows = part.shape[0]
+            torch.gt(part.unsqueeze(0), thresholds, out=masks[:, :rows])
+            partial.baddbmm_(ones[:, :, :rows], masks[:, :rows])
+        total += partial[:, 0].long()
+    return total
 
 
 class Moments:
@@ -90,10 +120,14 @@ class Moments:
     def _eager_update(self, view: LayerBatch) -> tuple[torch.Tensor, ...]:
         """Counts and ``Σ |a|`` added; returns ``(Σ a, Σ a², max, min)`` of the batch."""
         flat, a = view.flat, self.totals
-        a["active_count"] += column_counts(view.weights)
-        for i, tau in enumerate(self.sweep):
-            mask = view.weights if tau == view.threshold else view.mask.above(view.level, tau, view.scratch(flat.shape))
-            a["sweep_count"][i] += column_counts(mask)
+        counts = column_counts(view.weights)
+        a["active_count"] += counts
+        others = [i for i, tau in enumerate(self.sweep) if tau != view.threshold]
+        for i in set(range(len(self.sweep))) - set(others):
+            a["sweep_count"][i] += counts
+        if others:
+            cuts = [view.mask.cut(self.sweep[i]) for i in others]
+            a["sweep_count"][others] += sweep_counts(view.level, cuts, view.workspace)
         magnitude = view.level if view.mask.relative else torch.abs(flat, out=view.scratch(flat.shape))
         a["abs_sum"] += column_sums(magnitude)  # a float32 reduction per batch, float64 totals
         if view.windowed and view.batch.all_real:
