@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from neuronbench.attention import AttentionUnit, AttentionUnitScores, diversity_summary, unit_set
+from neuronbench.attention.ablation import units_to_ablate
 from neuronbench.attention.hidden import AttentionBlock
 from neuronbench.attention.sampling import WindowSample
 from neuronbench.attention.scores import reduce_blocks
@@ -105,3 +106,14 @@ def test_diversity_summary_by_hand():
     assert summary["all_units"] == {"n_units": 6, "mean_distance": pytest.approx(3.0),
                                     "mean_entropy": pytest.approx(0.3)}
     assert diversity_summary(SCORES, 2, "global")["methods"]["attention_weighted"]["units"] == [[1, 0], [0, 0]]
+
+
+def test_ablated_units_keep_at_most_half_of_each_layer_so_the_random_control_differs():
+    # three units per layer: floor(0.5 · 3) = 1 kept per layer, the best one
+    assert units_to_ablate(SCORES, "attention_weighted", 10) == {0: (0,), 1: (0,)}
+    assert units_to_ablate(SCORES, "gradient_guided", 10, share=1.0) == {0: (0, 1, 2), 1: (0, 1, 2)}
+    # global scope: the two best overall, still at most one per layer
+    assert units_to_ablate(SCORES, "attention_weighted", 2, "global") == {0: (0,), 1: (0,)}
+    single = scores_of({0: {name: [1.0] for name in ("attention_weighted", "gradient_guided", "rollout",
+                                                      "distance", "entropy")}})
+    assert units_to_ablate(single, "rollout", 5) == {0: (0,)}  # a one-unit layer keeps its unit

@@ -14,8 +14,14 @@ from contextlib import contextmanager
 from neuronbench.ablation.hooks import ablated
 from neuronbench.ablation.neurons import NeuronSet, NeuronSetLike, neuron_set
 from neuronbench.adapters import ArchitectureAdapter
-from neuronbench.attention.scores import AttentionUnit
+from neuronbench.attention.scores import AttentionUnit, AttentionUnitScores
 from neuronbench.capture import ActivationStatistics
+
+MAX_ABLATED_SHARE = 0.5
+"""The ``attention`` ablation condition removes at most this share of a layer's attention units.
+Its random control draws the same number of units of the same layer, so a condition that removed
+every unit of every layer (top-10 heads of a 4-head model) would be its own control: no contrast,
+``z`` undefined."""
 
 
 def unit_set(units: Iterable[AttentionUnit] | NeuronSetLike) -> NeuronSet:
@@ -26,6 +32,19 @@ def unit_set(units: Iterable[AttentionUnit] | NeuronSetLike) -> NeuronSet:
     for unit in units:
         grouped.setdefault(unit.layer, []).append(unit.index)
     return neuron_set(grouped)
+
+
+def units_to_ablate(scores: AttentionUnitScores, method: str, k: int, scope: str = "layer",
+                    share: float = MAX_ABLATED_SHARE) -> NeuronSet:
+    """The best units under ``method`` (:meth:`AttentionUnitScores.top_k` with ``k`` and ``scope``),
+    keeping in each layer of ``U`` units only the ``max(1, floor(share·U))`` best of them."""
+    kept: dict[int, list[int]] = {}
+    for unit in scores.top_k(method, k, scope):
+        width = scores.layers[unit.layer]["distance"].shape[0]
+        chosen = kept.setdefault(unit.layer, [])
+        if len(chosen) < max(1, int(share * width)):
+            chosen.append(unit.index)
+    return neuron_set(kept)
 
 
 @contextmanager
