@@ -171,6 +171,16 @@ def test_finite_check_costs_one_reduction_and_names_the_batch():
         ssm.feed(ids, mask, {"blocks.0.neurons": bad[:1].expand(2, 3, 4) * 0, "blocks.1.ssm.delta": delta})
 
 
+def test_a_delta_that_underflowed_to_zero_fails_instead_of_a_nan_spread():
+    config = CaptureConfig(positional=False, token_counts=False, trigrams=False)
+    ssm = StatisticsCollector(NeuronLayout(num_layers=1, width=4, has_ssm=True), config, 3, 10, torch.device("cpu"))
+    ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
+    delta = torch.full((2, 3, 4), 0.5)
+    delta[1, 0, 3] = 0.0  # softplus of a very negative argument in float32
+    with pytest.raises(NonFiniteActivationError, match=r"ssm.delta.*≤ 0 \(log Δ undefined\).*\(1, 0, 3\)"):
+        ssm.feed(ids, mask, {"blocks.0.neurons": torch.ones(2, 3, 4), "blocks.0.ssm.delta": delta})
+
+
 def test_probe_text_must_give_tokens(broken_models):
     from transformers import AutoTokenizer
 

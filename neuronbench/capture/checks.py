@@ -8,7 +8,8 @@ value once per batch (:attr:`~neuronbench.capture.moments.Moments.checksum`, the
 sum of ``W`` float64 values) decides. Only when it is not finite is the tensor scanned element by
 element, so a finite tensor whose sum overflows float32 is not mistaken for a non-finite one. A
 non-finite value raises :class:`NonFiniteActivationError` naming the model, the layer, the
-tensor, the batch and the first offending position.
+tensor, the batch and the first offending position; so does a Δ that underflowed to 0 (its
+``log Δ`` is −inf, and its spread would come out NaN).
 
 The check reads the result on the host (one synchronisation per batch and layer on a GPU).
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from neuronbench.errors import NonFiniteActivationError
-from neuronbench.names import parse_act_name
+from neuronbench.names import SSM_DELTA, parse_act_name
 
 
 def model_label(adapter: object) -> str:
@@ -45,14 +46,18 @@ class FiniteCheck:
         those values (``None``: no real position)."""
         if checksum is None or bool(torch.isfinite(checksum.sum())):
             return
-        bad = ~torch.isfinite(tensor) & real.view(*real.shape, *([1] * (tensor.dim() - 2)))
+        layer, kind = parse_act_name(name)
+        bad = ~torch.isfinite(tensor)
+        if kind == SSM_DELTA:
+            bad |= tensor <= 0  # Δ underflowed to 0: log Δ = −inf, its spread would be NaN
+        bad &= real.view(*real.shape, *([1] * (tensor.dim() - 2)))
         if not bool(bad.any()):
             return
-        layer, kind = parse_act_name(name)
         first = [int(i) for i in bad.nonzero()[0]]
+        what = "NaN, inf or ≤ 0 (log Δ undefined)" if kind == SSM_DELTA else "NaN or inf"
         raise NonFiniteActivationError(
             f"model {self.model}: non-finite activations in layer {layer}, tensor {name!r} ({kind}), batch "
-            f"{self.batch}: {int(bad.sum())} of {bad.numel()} values are NaN or inf, the first at index "
+            f"{self.batch}: {int(bad.sum())} of {bad.numel()} values are {what}, the first at index "
             f"{tuple(first)} of shape {tuple(tensor.shape)}. Check the model's weights for NaN/inf "
             "(or run in float32: --dtype float32)."
         )
