@@ -5,7 +5,9 @@ e.g. ``dead-zero``), the relative perplexity delta ``Δ = ppl_condition / ppl_ba
 With ``--baseline`` a case fails when ``|Δ_new − Δ_old| > tol · max(|Δ_old|, FLOOR)`` (``tol`` is
 ``--baseline-tolerance``, default 0.02; ``FLOOR = 1e-3`` keeps near-zero deltas from demanding
 exact equality) and its message gives both numbers. ``--update-baselines`` rewrites the files
-from the run's records.
+from the run's records. A condition's own Δ does not depend on its random controls, so the
+``seeds`` in a file's ``config`` only says how the file was made (the committed files and the CI
+regression use 2, the fewest the engine accepts).
 """
 
 from __future__ import annotations
