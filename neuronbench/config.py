@@ -123,6 +123,13 @@ def integer(minimum: int, why: str = "") -> Check:
     return check
 
 
+def seed_count(flag: str, value: object) -> None:
+    """``0`` (no random controls) or an integer ≥ 2 (the controls report a standard deviation)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value == 1:
+        raise _bad(flag, value, "valid values are 0 (no random controls) or integers ≥ 2 (the random controls "
+                                "report a standard deviation)")
+
+
 def _bound(value: float) -> str:
     return {math.inf: "∞", -math.inf: "-∞"}.get(value, f"{value:g}")
 
@@ -230,8 +237,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--device", "device", str, "cpu, cuda, cuda:1 … (default auto)", check=device_spec),
     Option("--dtype", "dtype", str, "float32, bfloat16, float16 (default auto: bf16 on GPU, else fp32)",
            check=choice("auto", "float32", "bfloat16", "float16")),
-    Option("--seeds", "seeds", int, "random-control seeds per ablation condition (default 5)",
-           check=integer(2, " (the random controls report a standard deviation)")),
+    Option("--seeds", "seeds", int, "random-control seeds per ablation condition (default 5; 0: no random controls, "
+           "each condition's own Δppl only, no z: what a --baseline regression needs)", check=seed_count),
     Option("--control", "control", str, "random controls of the dead/positional/token conditions: matched (alive "
            "neurons with the same activation-frequency distribution, default) or uniform", check=draw_rule_spec),
     Option("--top-k", "top_k", int, "neurons kept by top-k analyses (default 10)",

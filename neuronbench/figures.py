@@ -105,7 +105,8 @@ def ablation_chart(records: list[dict], plots: Path) -> list[Output]:
         err = np.array([r["metrics"]["control_ppl_std"] for r in chosen]) / base
         x = np.arange(len(names))
         ax.bar(x - 0.2, 100 * cond, width=0.4, label="condition")
-        ax.bar(x + 0.2, 100 * ctrl, width=0.4, yerr=100 * err, capsize=3, label="random control (mean ± std)")
+        if np.isfinite(ctrl).any():  # a run with --seeds 0 has no random controls
+            ax.bar(x + 0.2, 100 * ctrl, width=0.4, yerr=100 * err, capsize=3, label="random control (mean ± std)")
         ax.set_xticks(x, names, rotation=20, ha="right")
         ax.set_ylabel("Δ perplexity (%)")
         ax.set_title(f"{model}: {mode}-ablation")

@@ -71,13 +71,27 @@ def significance(z: float) -> str:
     return next((mark for bound, mark in SIGNIFICANCE if math.isfinite(z) and abs(z) >= bound), "")
 
 
+def z_text(metrics: dict) -> str:
+    """A condition's z with its significance mark; ``—`` for a run without random controls (``--seeds 0``)."""
+    if not metrics["control_ppls"]:
+        return MISSING
+    z = number(metrics["z"])
+    return f"{fmt(z)}{significance(z)}"
+
+
+def control_text(metrics: dict) -> str:
+    """``mean ± std`` of the random controls' perplexities, or why there are none."""
+    if not metrics["control_ppls"]:
+        return "none (--seeds 0)"
+    return f"{fmt(metrics['control_ppl_mean'])} ± {fmt(metrics['control_ppl_std'])}"
+
+
 def ablation_cell(record: dict | None) -> str:
     """``+0.56 % (z 1.2)`` with its significance mark; ``—`` when nothing was ablated."""
     if record is None or record["metrics"]["n_neurons"] == 0:
         return MISSING
     metrics = record["metrics"]
-    z = number(metrics["z"])
-    return f"{100 * number(metrics['ppl_delta_rel']):+.3g} % (z {fmt(z)}{significance(z)})"
+    return f"{100 * number(metrics['ppl_delta_rel']):+.3g} % (z {z_text(metrics)})"
 
 
 @dataclass(frozen=True)
@@ -258,10 +272,8 @@ def ablation_blocks(records: Sequence[dict]) -> list[Block]:
     rows = []
     for r in records:
         m = r["metrics"]
-        z = number(m["z"])
         rows.append([r["model"], r["neuron_type"], r["mode"], m["n_neurons"], m["ppl"],
-                     f"{100 * number(m['ppl_delta_rel']):+.3g} %",
-                     f"{fmt(m['control_ppl_mean'])} ± {fmt(m['control_ppl_std'])}", f"{fmt(z)}{significance(z)}"])
+                     f"{100 * number(m['ppl_delta_rel']):+.3g} %", control_text(m), z_text(m)])
     return narrow_blocks(["model", "condition", "mode", "units", "ppl", "Δppl", "random control ppl", "z"], rows,
                          keep=3)
 

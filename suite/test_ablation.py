@@ -31,7 +31,8 @@ def test_ablation(workspace, record, neuron_type, mode):
         pytest.skip("mean-ablation of transformer heads needs per-head means, which are not streamed")
     result = runner.run(condition)
     metrics = result.to_record()
-    for key in ("ppl", "baseline_ppl", "control_ppl_mean"):
+    controlled = ("control_ppl_mean",) if workspace.config.seeds else ()  # --seeds 0: no random controls
+    for key in ("ppl", "baseline_ppl", *controlled):
         assert math.isfinite(metrics[key]), f"{key} is not finite: {metrics[key]}"
     if metrics["n_neurons"] == 0:
         assert metrics["ppl"] == metrics["baseline_ppl"]

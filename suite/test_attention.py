@@ -71,7 +71,8 @@ def test_attention_knockout(workspace, record):
     for spec in workspace.config.knockouts:
         result = workspace.knockout_runner.run(parse_knockout(spec, layers))
         metrics = result.to_record()
-        for key in ("ppl", "baseline_ppl", "target_prob", "baseline_target_prob", "control_ppl_mean"):
+        controlled = ("control_ppl_mean",) if workspace.config.seeds else ()  # --seeds 0: no random controls
+        for key in ("ppl", "baseline_ppl", "target_prob", "baseline_target_prob", *controlled):
             assert np.isfinite(metrics[key]), f"{spec}: {key} is not finite: {metrics[key]}"
         record(workspace, analysis="knockout", method=spec, neuron_type=attention_units(workspace.loaded.adapter).name,
                metrics=metrics, split=workspace.config.eval_split, tokens=metrics["tokens_scored"], seed=None,

@@ -211,7 +211,8 @@ def test_z_score_conventions():
     assert summary.std == pytest.approx(statistics.stdev([1.0, 2.0, 4.0]))
     assert summary.z == pytest.approx((10.0 - 7 / 3) / statistics.stdev([1.0, 2.0, 4.0]))
     assert resolve_seeds(5) == (0, 1, 2, 3, 4) and resolve_seeds([7, 7, 9]) == (7, 9)
-    for bad in (1, 0, [3], True):
+    assert resolve_seeds(0) == () and resolve_seeds([]) == ()
+    for bad in (1, -1, [3], [-2, 4], True):
         with pytest.raises(ConfigError, match="seeds"):
             resolve_seeds(bad)
 
@@ -261,6 +262,19 @@ def test_runner_evaluates_each_distinct_set_once(toy_model_dir):
     assert len({r["controls_key"] for r in records[:3]}) == 1 and records[3]["controls_key"] != records[0]["controls_key"]
     wider = runner.run(Condition("d", {0: [1, 2, 3]}))  # other counts: other controls
     assert wider.to_record()["controls_shared_with"] == [] and wider.to_record()["control_evaluations_run"] == 2
+
+
+def test_no_seeds_evaluate_each_condition_alone_without_controls(toy_model_dir):
+    loaded = load(toy_model_dir, "gpt2")
+    runner = runner_for(loaded, seeds=0)
+    with_controls = runner_for(loaded, seeds=2)
+    condition = Condition("chosen", {0: [1, 2, 3]})
+    record = runner.run(condition).to_record()
+    assert runner.evaluations == 2  # the baseline and the condition
+    assert record["ppl"] == with_controls.run(condition).ppl and with_controls.evaluations == 4
+    assert record["control_ppls"] == [] and record["seeds"] == [] and record["control"] == "none"
+    assert all(math.isnan(record[key]) for key in ("control_ppl_mean", "control_ppl_std", "z"))
+    assert record["control_evaluations_run"] == 0
 
 
 def test_neurons_ablated_alone_are_each_one_evaluation_against_the_baseline(toy_model_dir):

@@ -9,7 +9,7 @@ import pytest
 
 from neuronbench.document import Link, Paragraph, Table, fmt, narrow, to_markdown
 from neuronbench.figures import FIGURES, Note, found_nothing, layer_axis
-from neuronbench.findings import analysis_blocks, findings_blocks, significance
+from neuronbench.findings import ablation_blocks, ablation_cell, analysis_blocks, findings_blocks, significance
 from neuronbench.html import anchor, page_html
 from neuronbench.neuron_pages import page_blocks
 
@@ -23,7 +23,8 @@ def record(model: str, analysis: str, method: str, metrics: dict, **extra) -> di
 def ablation(model: str, condition: str, mode: str, rel: float, z: object, n: int = 4) -> dict:
     return record(model, "ablation", f"{mode}-ablation",
                   {"n_neurons": n, "ppl": 100 * (1 + rel), "baseline_ppl": 100.0, "ppl_delta_rel": rel,
-                   "control_ppl_mean": 100.0, "control_ppl_std": 1.0, "z": z}, neuron_type=condition, mode=mode)
+                   "control_ppl_mean": 100.0, "control_ppl_std": 1.0, "control_ppls": [99.0, 101.0], "z": z},
+                  neuron_type=condition, mode=mode)
 
 
 RECORDS = [
@@ -67,6 +68,14 @@ def test_findings_table_one_row_per_model_with_nulls_and_marked_z():
     assert [row[0] for row in calibrated[0].rows] == ["a", "b"]  # a calibration model gets no row
     assert any(isinstance(n, Paragraph) and n.text == "c: calibration only, in its section below." for n in calibrated)
     assert significance(2.5) == "*" and significance(-3.1) == "**" and significance(float("nan")) == ""
+
+
+def test_a_run_without_random_controls_says_so_instead_of_nan():
+    uncontrolled = ablation("a", "pruning", "zero", 0.05, float("nan"))
+    uncontrolled["metrics"].update(control_ppl_mean=float("nan"), control_ppl_std=float("nan"), control_ppls=[])
+    assert ablation_cell(uncontrolled) == "+5 % (z —)"
+    (table,) = [b for b in ablation_blocks([uncontrolled]) if isinstance(b, Table)]
+    assert table.rows[0][-2:] == ["none (--seeds 0)", "—"]
 
 
 def test_sections_are_long_format_with_layers_as_rows():

@@ -198,7 +198,7 @@ USAGE_ERRORS = {
     "dead-freq inf": ({"dead_freq": float("inf")}, ConfigError, ["--dead-freq inf", "[0, 1]"]),
     "pruning 1": ({"pruning_ratio": 1.0}, ConfigError, ["--pruning-ratio 1.0", "(0, 1)"]),
     "layers 3-1": ({"layers": "3-1"}, LayerRangeError, ["'3-1'", "reversed", "1-3"]),
-    "seeds 0": ({"seeds": 0}, ConfigError, ["--seeds 0", "integers ≥ 2"]),
+    "seeds 1": ({"seeds": 1}, ConfigError, ["--seeds 1", "0 (no random controls) or integers ≥ 2"]),
     "batch-size 0": ({"batch_size": 0}, ConfigError, ["--batch-size 0", "integers ≥ 1"]),
     "top-k 0": ({"top_k": 0}, ConfigError, ["--top-k 0", "integers ≥ 1"]),
     "device tpu7": ({"device": "tpu7"}, ConfigError, ["--device 'tpu7'", "devices on this machine: auto, cpu"]),

@@ -30,6 +30,11 @@ Summary (:func:`summarize_controls`) over the controls' perplexities ``p_1..p_n`
 with IEEE semantics when ``std = 0`` (every control gave the same perplexity): ``z = ±inf`` if
 the condition differs from the controls' mean, ``nan`` if it equals it. ``z`` is never replaced
 by 0.
+
+No seeds (``--seeds 0``) means no random controls: each condition is evaluated alone, and its
+summary has no perplexities, ``mean = std = z = nan`` and the rule ``none``
+(:data:`NO_CONTROLS`). That is what a regression against committed baselines needs
+(:mod:`results.baselines` compares each condition's own Δppl only), at a fraction of the passes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import math
 import statistics
 
 import numpy as np
@@ -47,6 +53,8 @@ from neuronbench.errors import ConfigError
 
 DEFAULT_SEEDS = 5
 MIN_SEEDS = 2
+NO_CONTROLS = "none"
+"""The draw rule recorded when a run has no random controls (no seeds)."""
 FREQUENCY_BINS = 10
 """Quantile bins of activation frequency per layer for matched controls."""
 MATCHED_CONDITIONS = ("dead", "positional", "token", "dead+positional")
@@ -56,14 +64,15 @@ MATCHED_CONDITIONS = ("dead", "positional", "token", "dead+positional")
 def resolve_seeds(seeds: int | Sequence[int] = DEFAULT_SEEDS) -> tuple[int, ...]:
     """``n`` -> seeds ``0..n-1``; a sequence -> its distinct non-negative seeds, in order.
 
-    At least :data:`MIN_SEEDS` are needed for a standard deviation with ddof=1.
+    At least :data:`MIN_SEEDS` are needed for a standard deviation with ddof=1; none (``0`` or an
+    empty sequence) means no random controls.
     """
     if isinstance(seeds, bool):
         raise ConfigError(f"seeds must be a count or a list of seeds, got {seeds!r}")
     chosen = tuple(range(seeds)) if isinstance(seeds, int) else tuple(dict.fromkeys(int(s) for s in seeds))
-    if len(chosen) < MIN_SEEDS or any(s < 0 for s in chosen):
+    if 0 < len(chosen) < MIN_SEEDS or any(s < 0 for s in chosen) or (isinstance(seeds, int) and seeds < 0):
         raise ConfigError(f"random controls need at least {MIN_SEEDS} distinct non-negative seeds "
-                          f"(the standard deviation uses ddof=1); got {seeds!r}")
+                          f"(the standard deviation uses ddof=1), or none; got {seeds!r}")
     return chosen
 
 
@@ -150,8 +159,11 @@ def summarize_controls(ppl: float, seeds: Sequence[int], ppls: Sequence[float], 
     """Mean, std (ddof=1) and z of a condition's perplexity ``ppl`` against its controls.
 
     Computed with :mod:`statistics` (exact rational arithmetic), so identical control values give
-    exactly ``std = 0`` and their own value as the mean, never a rounding-noise z-score."""
+    exactly ``std = 0`` and their own value as the mean, never a rounding-noise z-score. No
+    controls give ``nan`` for all three and the rule :data:`NO_CONTROLS`."""
     values = tuple(float(v) for v in ppls)
+    if not values:
+        return ControlSummary((), (), math.nan, math.nan, math.nan, NO_CONTROLS)
     mean, std = statistics.fmean(values), statistics.stdev(values)
     if len(set(values)) == 1:
         mean = values[0]
