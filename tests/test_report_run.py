@@ -7,21 +7,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from neuronbench.__main__ import main
 from neuronbench.browser import chromium, dump_dom, first_neuron_page, neuron_page_file, screenshot
+from suite_run import run_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--max-tokens", "1024", "--dead-null-freq", "0.005", "--eval-max-tokens", "400", "--analysis-window", "32", "--max-length", "64",
          "--seeds", "2", "--top-contexts", "5", "--page-neurons", "2", "-p", "no:cacheprovider",
          "--benchmark-disable", "-q"]
 SELECTION = "statistics or test_dead or neuron_pages or (pruning and zero)"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"}
 
 
 def neuronbench(capsys, *args: str) -> tuple[int, str, str]:
@@ -34,7 +32,7 @@ def neuronbench(capsys, *args: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """One toy GPT-2 run at --pruning-ratio 0.1 and one of its pruning case alone at 0.3 (sharing
-    the statistics cache)."""
+    the statistics cache), in this process (:mod:`suite_run`)."""
     from neuronbench.toy import build_toy_model
 
     root = tmp_path_factory.mktemp("report_runs")
@@ -42,9 +40,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, ratio, selection in (("a", "0.1", SELECTION), ("b", "0.3", "statistics or (pruning and zero)")):
         out[name] = root / name
-        done = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "suite"), *SMALL, "-k", selection,
-                               "--model", model, "--pruning-ratio", ratio, "--cache-dir", str(root / "cache"), "--out", str(out[name])],
-                              cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        done = run_pytest(str(ROOT / "suite"), *SMALL, "-k", selection, "--model", model, "--pruning-ratio", ratio,
+                          "--cache-dir", str(root / "cache"), "--out", str(out[name]), env={"MPLBACKEND": "Agg"})
         assert done.returncode == 0, done.stdout[-3000:]
     return out
 

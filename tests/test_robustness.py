@@ -1,8 +1,8 @@
 """Bad input, NaN, corrupt caches, concurrent runs and interrupted writes (issue 11).
 
-One test per row of the issue's table. End-to-end behaviour runs in as few subprocesses as
-possible (one suite run for the broken models, one for a locked ``--out``, which also shows a
-usage error exiting with code 4 before any case, one for the seed CLI); the rest calls the very
+One test per row of the issue's table. End-to-end behaviour runs in as few suite runs as
+possible (one for the broken models, in this process; in subprocesses, one for a locked ``--out``, which also shows a
+usage error exiting with code 4 before any case, and one for the seed CLI); the rest calls the very
 functions the plugins call before any case runs (``configured_run``, ``open_out``,
 ``ensure_writable_dir``) or the workspace itself.
 """
@@ -50,6 +50,7 @@ from neuronbench.storage import (
 )
 from results.lock import RunLock
 from results.plugin import open_out
+from suite_run import SuiteRun, run_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--max-tokens", "1024", "--analysis-window", "32", "-p", "no:cacheprovider", "--benchmark-disable", "-q"]
@@ -61,6 +62,7 @@ def environment() -> dict[str, str]:
 
 
 def run_suite(*args: str) -> subprocess.CompletedProcess:
+    """The suite in a subprocess: a run that must be another process (the lock holder is this one)."""
     return subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "suite"), *SMALL, *args], cwd=ROOT,
                           env=environment(), capture_output=True, text=True, timeout=600)
 
@@ -94,13 +96,14 @@ def broken_models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def broken_run(broken_models, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path]:
-    """One suite run over the model without tokenizer files and the model with a NaN weight: the
-    capture cases and the perplexity cases."""
+def broken_run(broken_models, tmp_path_factory) -> tuple[SuiteRun, Path, Path]:
+    """One suite run (in this process, :mod:`suite_run`) over the model without tokenizer files and
+    the model with a NaN weight: the capture cases and the perplexity cases."""
     root = tmp_path_factory.mktemp("broken_run")
-    result = run_suite("--model", str(broken_models["no-tokenizer"]), "--model", str(broken_models["nan-weights"]),
-                       "-m", "statistics or dead or perplexity", "--eval-max-tokens", "200", "--max-length", "64",
-                       "--cache-dir", str(root / "cache"), "--out", str(root / "out"))
+    result = run_pytest(str(ROOT / "suite"), *SMALL, "--model", str(broken_models["no-tokenizer"]),
+                        "--model", str(broken_models["nan-weights"]), "-m", "statistics or dead or perplexity",
+                        "--eval-max-tokens", "200", "--max-length", "64", "--cache-dir", str(root / "cache"),
+                        "--out", str(root / "out"), env={"MPLBACKEND": "Agg"})
     return result, root / "out", root / "cache"
 
 

@@ -1,11 +1,10 @@
-"""The declarative suite end to end, in subprocesses: disk cache, xdist aggregation, baseline
-regression, seed-compatible entry points, and bad input (unknown model, failing model, interrupt)."""
+"""The declarative suite end to end, each run a whole pytest session (in this process,
+:mod:`suite_run`): disk cache, xdist aggregation, baseline regression, seed-compatible entry
+points, and bad input (unknown model, failing model, interrupt)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,9 @@ import numpy as np
 import pytest
 
 from fixtures.workspace import safe_name
+from neuronbench import cli
+from neuronbench.__main__ import main as neuronbench_main
+from suite_run import SuiteRun, run_pytest
 from neuronbench.capture import ActivationStatistics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +23,10 @@ SMALL = ["--max-tokens", "1024", "--dead-null-freq", "0.005", "--eval-max-tokens
 VOLATILE = {"started", "cache_hit", "cache_note", "case_duration"}
 
 
-def run_suite(*args: str, cwd: Path = ROOT, **env_extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg", **env_extra}
-    return subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "suite"), *SMALL, *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def run_suite(*args: str, cwd: Path = ROOT, syspath: tuple[Path, ...] = ()) -> SuiteRun:
+    """The suite on a small sample, in this process (:mod:`suite_run`)."""
+    return run_pytest(str(ROOT / "suite"), *SMALL, *args, cwd=cwd, syspath=syspath,
+                      env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MPLBACKEND": "Agg"})
 
 
 def results(out: Path) -> dict:
@@ -100,7 +102,7 @@ def test_interrupted_run_keeps_finished_results(toy, tmp_path):
                       "    if 'test_perplexity' in item.nodeid:\n"
                       "        raise KeyboardInterrupt\n")
     result = run_suite("--model", toy["gpt2"], "--no-cache", "-m", "statistics or perplexity",
-                       "-p", "interrupt_plugin", "--out", str(tmp_path / "out"), PYTHONPATH=str(tmp_path))
+                       "-p", "interrupt_plugin", "--out", str(tmp_path / "out"), syspath=(tmp_path,))
     assert result.returncode == 2
     records = results(tmp_path / "out")["records"]
     assert [r["analysis"] for r in records] == ["statistics"]
@@ -114,16 +116,25 @@ SEED_COMMANDS = {
 
 
 @pytest.mark.parametrize("command", sorted(SEED_COMMANDS))
-def test_seed_entry_points_run_their_selection(toy, tmp_path, command):
+def test_seed_entry_points_run_their_selection(toy, tmp_path, command, monkeypatch):
+    """``python -m neuronbench COMMAND``: its ``python -m pytest`` command line, run in this
+    process (:mod:`suite_run`) instead of the subprocess the command starts."""
+    launched = []
+
+    def in_process(command_line: list[str], cwd: Path) -> int:
+        assert command_line[:3] == [sys.executable, "-m", "pytest"]
+        launched.append(run_pytest(*command_line[3:], cwd=cwd, env={"MPLBACKEND": "Agg"}))
+        return launched[-1].returncode
+
+    monkeypatch.setattr(cli.subprocess, "call", in_process)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}  # this checkout
-    result = subprocess.run([sys.executable, "-m", "neuronbench", command, "--models", toy["gpt2"], "--layer", "0",
-                             "--top_k", "3", "--text_limit", "20", "--save_results", "--out", str(out), "--seeds", "2",
+    code = neuronbench_main([command, "--models", toy["gpt2"], "--layer", "0", "--top_k", "3", "--text_limit", "20",
+                             "--save_results", "--out", str(out), "--seeds", "2",
                              "--", *SEED_COMMANDS[command], "--no-cache", "-p", "no:cacheprovider", "--max-length", "64",
-                             "--dead-null-freq", "0.005",
-                             "--eval-max-tokens", "600"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+                             "--dead-null-freq", "0.005", "--eval-max-tokens", "600"])
+    (result,) = launched
+    assert code == result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     records = results(out)["records"]
     statistics = [r for r in records if r["analysis"] == "statistics"]
     analyses = {r["analysis"] for r in records}
@@ -135,8 +146,8 @@ def test_seed_entry_points_run_their_selection(toy, tmp_path, command):
 
 
 def test_baseline_regression_fails_with_both_numbers(toy, tmp_path):
-    common = ["--model", toy["gpt2"], "--no-cache", "-m", "ablation", "-k", "pruning and zero",
-              "--baseline-dir", str(tmp_path / "baselines")]
+    common = ["--model", toy["gpt2"], "--cache-dir", str(tmp_path / "cache"), "-m", "ablation", "-k", "pruning and zero",
+              "--seeds", "0", "--baseline-dir", str(tmp_path / "baselines")]  # the later runs read the first's statistics
     made = run_suite(*common, "--update-baselines", "--out", str(tmp_path / "made"))
     assert made.returncode == 0, made.stdout
     (path,) = (tmp_path / "baselines").iterdir()
@@ -154,10 +165,9 @@ def test_builtin_models_hold_their_committed_baselines(tmp_path):
     """The CI regression: the default suite's ablation deltas against results/baselines/. A baseline
     holds each condition's own Δppl, which does not depend on its random controls, so this runs
     none (``--seeds 0``): one evaluation per distinct condition and the baseline."""
-    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "suite"), "-m", "ablation", "--baseline",
-                             "--seeds", "0", "--no-cache", "--out", str(tmp_path), "-p", "no:cacheprovider", "--benchmark-disable",
-                             "-q"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"})
+    result = run_pytest(str(ROOT / "suite"), "-m", "ablation", "--baseline", "--seeds", "0", "--no-cache",
+                        "--out", str(tmp_path), "-p", "no:cacheprovider", "--benchmark-disable", "-q",
+                        env={"MPLBACKEND": "Agg"})
     assert result.returncode == 0, result.stdout[-5000:]
     assert " passed" in result.stdout and "failed" not in result.stdout.splitlines()[-1]
 
