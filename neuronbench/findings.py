@@ -146,7 +146,10 @@ def _attention(records: list[dict]) -> str:
     if record is None:
         return MISSING
     found = sum(len(v) for v in record.get("neurons", {}).values())
-    return f"{found} of {fmt(record['metrics']['n_units'])} {record.get('neuron_type') or 'unit'}s"
+    thresholds = record.get("thresholds", {})
+    scope = "per layer" if thresholds.get("scope", "layer") == "layer" else "overall"
+    top = f" (top {thresholds['top_k']} {scope})" if "top_k" in thresholds else ""
+    return f"{found} of {fmt(record['metrics']['n_units'])} {record.get('neuron_type') or 'unit'}s{top}"
 
 
 FINDINGS: tuple[Finding, ...] = (

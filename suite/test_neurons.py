@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from neuronbench.attention.ablation import unit_set
 from neuronbench.capture.topk import topk_state_bytes
 from neuronbench.contexts import top_contexts
 from neuronbench.neuron_choice import Source, choose_neurons, page_data, source_of
@@ -31,11 +32,8 @@ def attention_source(workspace) -> Source:
     """Mamba's attention units are its channels, i.e. its neurons: the top-k channels per layer
     by ``attention_weighted`` (the attention case's choice) as a page source."""
     scores, config = workspace.attention_scores, workspace.config
-    top = scores.top_k("attention_weighted", config.top_k, config.attention_scope)
-    reported: dict[int, list[int]] = {}
-    for unit in top:
-        reported.setdefault(unit.layer, []).append(unit.index)
-    return Source("attention_weighted", scores.measure("attention_weighted"), reported)
+    top = unit_set(scores.top_k("attention_weighted", config.top_k, config.attention_scope))
+    return Source("attention_weighted", scores.measure("attention_weighted"), top)
 
 
 def sources_of(workspace) -> dict[str, Source]:

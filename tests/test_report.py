@@ -126,3 +126,11 @@ def test_a_neuron_page_shows_its_ablation_alone_only_when_measured(tmp_path):
     page["ablated_alone"] = {"mode": "zero", "ppl_delta_rel": 0.0123}
     texts = [b.text for b in page_blocks("m", page, tmp_path) if isinstance(b, Paragraph)]
     assert "Zero-ablated by itself: Δppl +1.23 % on the eval split (no random control)." in texts
+
+
+def test_findings_attention_column_names_the_top_k_it_counts():
+    heads = record("a", "attention", "attention_weighted", {"n_units": 16}, neuron_type="head",
+                   neurons={"0": [0, 1, 2, 3]}, thresholds={"top_k": 10, "scope": "layer"})
+    table, *_ = findings_blocks([heads])
+    assert dict(zip(table.headers, table.rows[0]))["attention (top by attention_weighted)"] == \
+        "4 of 16 heads (top 10 per layer)"

@@ -158,6 +158,18 @@ def min_rare_tokens(rho: float = RARE_FREQ, rho1: float | None = None) -> int:
     return smallest_sample(lambda n: below_count(n, rho), rho1)
 
 
+def require_sample(stats: ActivationStatistics, needed: int, detection: str, null_freq: float, mistaken: str,
+                   option: str) -> None:
+    """A :class:`CaptureError` when the capture saw fewer than ``needed`` tokens, the smallest sample
+    in which a neuron active on a share ``null_freq`` of tokens ``mistaken`` (is called dead, …)
+    with probability ≤ :data:`MAX_FALSE_DEAD`; it names the remedies (``--max-tokens``, ``option``)."""
+    if stats.n_tokens < needed:
+        raise CaptureError(
+            f"{detection} detection needs at least {needed} analysed tokens (so that a neuron active on a share "
+            f"{null_freq:g} of tokens {mistaken} with probability ≤ {MAX_FALSE_DEAD:g}); the capture saw "
+            f"{stats.n_tokens}: analyse more tokens (--max-tokens) or raise {option}")
+
+
 def _frequencies(stats: ActivationStatistics, layer: int) -> np.ndarray:
     if stats.n_tokens <= 0:
         raise CaptureError("activation frequencies need at least one analysed token; the capture saw none")
@@ -172,12 +184,8 @@ def detect_dead(stats: ActivationStatistics, *, layers: Sequence[int] | str | No
     :class:`CaptureError`."""
     eps = check_range("dead-neuron frequency ε", eps, 0.0, 1.0, high_open=True)
     null_freq = check_range("dead-null frequency ρ₀", null_freq, eps, 1.0, low_open=True, high_open=True)
-    needed = min_dead_tokens(eps, null_freq)
-    if stats.n_tokens < needed:
-        raise CaptureError(
-            f"dead-neuron detection needs at least {needed} analysed tokens (so that a neuron active on a share "
-            f"{null_freq:g} of tokens is called dead with probability ≤ {MAX_FALSE_DEAD:g}); the capture saw "
-            f"{stats.n_tokens}: analyse more tokens (--max-tokens) or raise --dead-null-freq")
+    require_sample(stats, min_dead_tokens(eps, null_freq), "dead-neuron", null_freq, "is called dead",
+                   "--dead-null-freq")
     p = false_dead_probability(stats.n_tokens, eps, null_freq)
     out = {}
     for layer in select_layers(stats, layers):
@@ -209,12 +217,8 @@ def detect_rarely_active(stats: ActivationStatistics, *, layers: Sequence[int] |
     :func:`min_rare_tokens` is a :class:`CaptureError`."""
     max_freq = check_range("rarely-active frequency ρ", max_freq, 0.0, 1.0, low_open=True)
     null_freq = rare_null_freq(max_freq, null_freq)
-    needed = min_rare_tokens(max_freq, null_freq)
-    if stats.n_tokens < needed:
-        raise CaptureError(
-            f"rarely-active detection needs at least {needed} analysed tokens (so that a neuron active on a share "
-            f"{null_freq:g} of tokens looks rarely active or dead with probability ≤ {MAX_FALSE_DEAD:g}); the capture "
-            f"saw {stats.n_tokens}: analyse more tokens (--max-tokens) or raise --rare-null-freq")
+    require_sample(stats, min_rare_tokens(max_freq, null_freq), "rarely-active", null_freq,
+                   "looks rarely active or dead", "--rare-null-freq")
     p = false_rare_probability(stats.n_tokens, max_freq, null_freq) if stats.n_tokens > 0 else 0.0
     out = {}
     for layer in select_layers(stats, layers):
