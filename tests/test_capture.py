@@ -286,3 +286,27 @@ def test_sweep_counts_in_blocks_equal_one_comparison_per_threshold():
     cuts = [0.0, 0.1, 0.5, -1.0]
     expected = torch.stack([(level > cut).sum(0) for cut in cuts])
     assert torch.equal(sweep_counts(level, cuts, Workspace()), expected)  # 70 rows: two blocks of 32 and a tail
+
+
+def test_a_capture_without_the_sweep_keeps_no_sweep_count_and_the_same_moments(monkeypatch):
+    """``sweep=()`` (the suite's capture without the part ``sweep``): no ``sweep_count``, every other
+    array as with the sweep (eager and the compiled path's functions, run eagerly), and the
+    dead-fraction sweep is an error naming the missing part."""
+    from neuronbench.capture import compiled
+    from neuronbench.detectors import dead_fraction_sweep
+
+    for name in ("moments", "windows"):
+        monkeypatch.setattr(getattr(compiled, name), "compiled", getattr(compiled, name).fn)
+
+    generator = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, 9, (5, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    acts = torch.randn(5, 12, 6, generator=generator)
+    for compile in (False, True):
+        swept, bare = (feed_layout(ids, mask, acts, batch=2, sweep=sweep, compile=compile) for sweep in (SWEEP, ()))
+        assert "sweep_count" in swept.layer(0) and set(bare.layer(0)) == set(swept.layer(0)) - {"sweep_count"}
+        for name, value in bare.layer(0).items():
+            np.testing.assert_array_equal(value, swept.layer(0)[name], err_msg=name)
+        assert bare.sweep == () and dead_fraction_sweep(swept)["tau"] == list(SWEEP)
+        with pytest.raises(CaptureError, match="τ sweep was not captured.*'sweep'"):
+            dead_fraction_sweep(bare)
