@@ -13,7 +13,9 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
 * **Time.** For each shape and method, ``--pairs`` alternating pairs (plain forward, then the
   method, over the same batches) in one process; the ratio of each pair's CPU times (wall time on
   a GPU, after synchronising), reported as min / median / max. Methods: neuronbench's full
-  statistics pass, its frequency-only pass (moments: counts, τ sweep, sums, extremes), and,
+  statistics pass (every capture part, the τ sweep included), its frequency-only pass (moments:
+  counts at τ, sums, extremes; no τ sweep), the moments with the τ sweep (``sweep_count`` at the 7
+  τ of ``DEFAULT_SWEEP``, the capture part ``sweep``), and,
   when installed (``pip install -e .[peers]``), TransformerLens 4 ``run_with_cache`` of the
   neuron tensors (``mlp.hook_post`` / ``mixer.out_proj.hook_in``) and nnsight saving the inputs of
   every output projection. An absent peer is skipped with a message. ``--compile`` adds the
@@ -46,6 +48,7 @@ import pytest
 import torch
 
 from neuronbench.capture import CaptureConfig, batches, capture_statistics
+from neuronbench.capture.config import DEFAULT_SWEEP
 from neuronbench.data import TokenWindows
 from neuronbench.models import LoadedModel, load_model
 from neuronbench.toy import build_toy_model
@@ -81,7 +84,8 @@ random weights, which do not change the cost, and the built-in models."""
 NEURON_PATH = {"gpt2": "transformer.h.{}.mlp.c_proj", "mamba": "backbone.layers.{}.mixer.out_proj",
                "opt": "model.decoder.layers.{}.fc2"}
 TL_HOOK = {"gpt2": "mlp.hook_post", "mamba": "mixer.out_proj.hook_in", "opt": "mlp.hook_post"}
-FREQUENCY_ONLY = dict(positional=False, token_counts=False, trigrams=False, delta=False)
+FREQUENCY_ONLY = dict(sweep=(), positional=False, token_counts=False, trigrams=False, delta=False)
+WITH_SWEEP = FREQUENCY_ONLY | dict(sweep=DEFAULT_SWEEP)
 
 
 def synthetic_windows(vocab: int, n_windows: int, window: int = WINDOW, seed: int = 0) -> TokenWindows:
@@ -144,6 +148,7 @@ def nnsight_save(loaded: LoadedModel, windows: TokenWindows) -> Callable[[], Non
 METHODS: dict[str, tuple[Callable[[LoadedModel, TokenWindows], Callable[[], None]], str | None]] = {
     "neuronbench full": (neuronbench_pass(), None),
     "neuronbench frequency only": (neuronbench_pass(**FREQUENCY_ONLY), None),
+    "neuronbench frequency + τ sweep": (neuronbench_pass(**WITH_SWEEP), None),
     "neuronbench full, compiled": (neuronbench_pass(compile=True), None),
     "neuronbench frequency only, compiled": (neuronbench_pass(compile=True, **FREQUENCY_ONLY), None),
     "TransformerLens run_with_cache": (transformer_lens, "transformer_lens"),
