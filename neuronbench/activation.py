@@ -39,6 +39,10 @@ import torch
 
 from neuronbench.errors import ConfigError
 
+SCALE_ROWS = 64
+"""Rows of the first batch squared and summed at a time by :meth:`ActivationRule.layer_scale`."""
+
+
 def _above(values: torch.Tensor, level: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """``values > level`` as float32 0/1, written straight into a float32 tensor (``out`` when given:
     a reused buffer costs no fresh pages)."""
@@ -85,11 +89,19 @@ class ActivationRule:
     allows_negative_tau: bool
 
     def layer_scale(self, flat: torch.Tensor) -> float:
-        """``s_l``: median over neurons of their RMS over the first batch ``flat [n, W]`` (1.0 for an
-        absolute τ; 0.0 for a batch without real tokens)."""
+        """``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` over the first batch ``flat [n, W]``, in float64
+        (exact squares of the float32 values), :data:`SCALE_ROWS` rows at a time (each block's
+        float64 copy stays in cache: about 20× cheaper on a CPU than ``pow`` of a whole float64
+        copy); 1.0 for an absolute τ; 0.0 for a batch without real tokens."""
         if not self.relative:
             return 1.0
-        return float(flat.double().square().mean(dim=0).sqrt().median()) if flat.numel() else 0.0
+        if not flat.numel():
+            return 0.0
+        total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
+        for start in range(0, flat.shape[0], SCALE_ROWS):
+            block = flat[start:start + SCALE_ROWS].double()
+            total += block.mul_(block).sum(dim=0)
+        return float(total.div_(flat.shape[0]).sqrt_().median())
 
     def bind(self, scale: float) -> Mask:
         """The mask with ``s_l`` fixed."""
