@@ -180,24 +180,26 @@ def feed_layout(ids: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor, batch
     return collector.result()
 
 
-def test_count_tiers_promote_rows_and_keep_counts_exact():
+@pytest.mark.parametrize("width", [3, 8])
+def test_count_tiers_promote_rows_and_keep_counts_exact(width):
     """Token 7 (≈ 40,000 occurrences) jumps straight to the int16 tier and is promoted to int32
     past 32,767; token 3 (300) is promoted from uint8 to int16 mid-stream; neuron 0 is always
-    active, so its counts must reach the occurrence counts without overflow."""
+    active, so its counts must reach the occurrence counts without overflow (width 8: every
+    tier's rows are added in packed int64 lanes, :func:`~neuronbench.capture.tokens.packed`)."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(10, 60, (500, 100), generator=generator)
     ids[torch.rand(ids.shape, generator=generator) < 0.8] = 7
     ids.view(-1)[torch.randperm(ids.numel(), generator=generator)[:300]] = 3
     mask = torch.ones_like(ids)
-    acts = torch.randn(500, 100, 3, generator=generator)
+    acts = torch.randn(500, 100, width, generator=generator)
     acts[..., 0] = 1.0
     stats = feed_layout(ids, mask, acts, batch=20, positional=False)
     rows = {int(t): i for i, t in enumerate(stats.token_ids)}
     assert stats.token_tier[rows[7]] == 2 and stats.token_tier[rows[3]] == 1
     assert stats.token_tier[rows[int(ids[ids != 7][ids[ids != 7] != 3][0])]] == 0
     assert stats.layer(0)["token_active_tier0"].dtype == np.uint8
-    expected = np.zeros((60, 3), dtype=np.int64)
-    np.add.at(expected, ids.flatten().numpy(), (acts > 0).reshape(-1, 3).numpy().astype(np.int64))
+    expected = np.zeros((60, width), dtype=np.int64)
+    np.add.at(expected, ids.flatten().numpy(), (acts > 0).reshape(-1, width).numpy().astype(np.int64))
     np.testing.assert_array_equal(stats.token_active(0), expected[stats.token_ids])
     assert stats.token_active(0, [0])[rows[7], 0] == int((ids == 7).sum()) > 32_767
     np.testing.assert_array_equal(stats.token_occurrences[stats.token_ids], expected[stats.token_ids, 0])
@@ -310,3 +312,4 @@ def test_a_capture_without_the_sweep_keeps_no_sweep_count_and_the_same_moments(m
         assert bare.sweep == () and dead_fraction_sweep(swept)["tau"] == list(SWEEP)
         with pytest.raises(CaptureError, match="τ sweep was not captured.*'sweep'"):
             dead_fraction_sweep(bare)
+

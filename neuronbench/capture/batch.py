@@ -131,7 +131,7 @@ class BatchContext:
     ``real [B, T]``, ``full [B]`` (windows without padding) and their number ``n_full`` (the one
     host synchronisation of a batch); for the token table the
     kept positions split by count tier (``parts``); for trigrams the flat mask ``trigram``
-    (trigram positions), the flat indices ``skipped`` (kept positions that are not trigram
+    (trigram positions), the flat indices ``outside`` (real positions that are not trigram
     positions) and the id of each trigram position's trigram.
     """
 
@@ -140,7 +140,7 @@ class BatchContext:
     n_full: int
     parts: list[TierPart] | None = None
     trigram: torch.Tensor | None = None
-    skipped: torch.Tensor | None = None
+    outside: torch.Tensor | None = None
     trigram_ids: np.ndarray | None = None
 
     @property
@@ -193,6 +193,11 @@ class LayerBatch:
         """The activity mask ``mask(flat, τ)`` (float32 0/1, in the ``"mask"`` buffer)."""
         return self.mask.above(self.level, self.threshold, self.workspace.buffer("mask", self.flat.shape,
                                                                                   self.flat.device))
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        """``Σ_rows weights``: the batch's active count per neuron (int64 ``[W]``, :func:`column_counts`)."""
+        return column_counts(self.weights)
 
     @cached_property
     def active(self) -> torch.Tensor:

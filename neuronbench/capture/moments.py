@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, Workspace, column_counts, column_sums
+from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, Workspace, column_sums
 
 
 def pivot_totals(shifted_sum: torch.Tensor, shifted_sq: torch.Tensor, pivot: torch.Tensor,
@@ -123,7 +123,7 @@ class Moments:
     def _eager_update(self, view: LayerBatch) -> tuple[torch.Tensor, ...]:
         """Counts and ``Σ |a|`` added; returns ``(Σ a, Σ a², max, min)`` of the batch."""
         flat, a = view.flat, self.totals
-        counts = column_counts(view.weights)
+        counts = view.counts
         a["active_count"] += counts
         if self.sweep:
             self._sweep_update(view, counts)
