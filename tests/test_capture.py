@@ -313,3 +313,19 @@ def test_a_capture_without_the_sweep_keeps_no_sweep_count_and_the_same_moments(m
         with pytest.raises(CaptureError, match="τ sweep was not captured.*'sweep'"):
             dead_fraction_sweep(bare)
 
+
+def test_positional_counts_moved_to_int64_before_float32_could_round_stay_exact(monkeypatch):
+    """With the float32 total's limit at 3 windows, counts move into the int64 total every few
+    batches; the per-position counts equal those of one float32 total."""
+    from neuronbench.capture import positions
+
+    generator = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, 9, (7, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    acts = torch.randn(7, 12, 5, generator=generator)
+    whole = feed_layout(ids, mask, acts, batch=2, sweep=())
+    monkeypatch.setattr(positions, "EXACT_ROWS", 3)
+    moved = feed_layout(ids, mask, acts, batch=2, sweep=())
+    np.testing.assert_array_equal(moved.layer(0)["pos_active"], whole.layer(0)["pos_active"])
+    assert moved.layer(0)["pos_active"].dtype == np.int64 and moved.layer(0)["pos_tokens"].tolist() == [7] * 12
+
