@@ -36,7 +36,8 @@ EXACT_ROWS = 1 << 24
 
 def column_sums(values: torch.Tensor) -> torch.Tensor:
     """``Σ_rows values`` of ``values [n, W]`` as one float32 matrix-vector product ``[W]`` (the
-    fastest column reduction on a CPU)."""
+    fastest column reduction on a CPU; exact for 0/1 values, :func:`column_counts`, but for general
+    values about 10× less exact than ``sum``'s cascade: 2–4e-6 relative at 1,000–4,000 rows)."""
     return (torch.ones(1, values.shape[0], dtype=values.dtype, device=values.device) @ values)[0]
 
 

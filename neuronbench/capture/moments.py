@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, Workspace, column_sums
+from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, Workspace
 
 
 def pivot_totals(shifted_sum: torch.Tensor, shifted_sq: torch.Tensor, pivot: torch.Tensor,
@@ -128,7 +128,7 @@ class Moments:
         if self.sweep:
             self._sweep_update(view, counts)
         magnitude = view.level if view.mask.relative else torch.abs(flat, out=view.scratch(flat.shape))
-        a["abs_sum"] += column_sums(magnitude)  # a float32 reduction per batch, float64 totals
+        a["abs_sum"] += magnitude.sum(0)  # float32 cascade sum per batch (a matmul's is ~10× less exact)
         if view.windowed and view.batch.all_real:
             windows = view.window_moments
             return windows.total.sum(0), windows.sum_sq.sum(0), windows.max.amax(0), windows.min.amin(0)
