@@ -39,8 +39,9 @@ import torch
 
 from neuronbench.errors import ConfigError
 
-SCALE_ROWS = 64
-"""Rows of the first batch squared and summed at a time by :meth:`ActivationRule.layer_scale`."""
+SCALE_BYTES = 3 << 19
+"""Size of the float64 block of the first batch that :meth:`ActivationRule.layer_scale` squares and
+sums at a time (1.5 MiB: 64 rows of 3072, so that it stays in cache)."""
 
 
 def _above(values: torch.Tensor, level: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,7 +91,7 @@ class ActivationRule:
 
     def layer_scale(self, flat: torch.Tensor) -> float:
         """``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` over the first batch ``flat [n, W]``, in float64
-        (exact squares of the float32 values), :data:`SCALE_ROWS` rows at a time (each block's
+        (exact squares of the float32 values), :data:`SCALE_BYTES` at a time (each block's
         float64 copy stays in cache: about 20× cheaper on a CPU than ``pow`` of a whole float64
         copy); 1.0 for an absolute τ; 0.0 for a batch without real tokens."""
         if not self.relative:
@@ -98,8 +99,9 @@ class ActivationRule:
         if not flat.numel():
             return 0.0
         total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
-        for start in range(0, flat.shape[0], SCALE_ROWS):
-            block = flat[start:start + SCALE_ROWS].double()
+        rows = max(1, SCALE_BYTES // (8 * flat.shape[1]))
+        for start in range(0, flat.shape[0], rows):
+            block = flat[start:start + rows].double()
             total += block.mul_(block).sum(dim=0)
         return float(total.div_(flat.shape[0]).sqrt_().median())
 

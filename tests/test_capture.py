@@ -280,9 +280,12 @@ def test_a_compile_failure_warns_and_runs_eagerly(monkeypatch):
         assert wrapped(flat, cuts, False)[0].tolist() == [[2, 1], [1, 0]]
 
 
-def test_sweep_counts_in_blocks_equal_one_comparison_per_threshold():
+def test_sweep_counts_in_blocks_equal_one_comparison_per_threshold(monkeypatch):
+    from neuronbench.capture import moments
     from neuronbench.capture.batch import Workspace
     from neuronbench.capture.moments import sweep_counts
+
+    monkeypatch.setitem(moments.SWEEP_BYTES, "cpu", 4 * 4 * 6 * 32)  # blocks of 32 rows
 
     level = torch.randn(70, 6, generator=torch.Generator().manual_seed(5)).round(decimals=1)  # ties at the cuts
     cuts = [0.0, 0.1, 0.5, -1.0]

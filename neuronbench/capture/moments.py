@@ -53,20 +53,23 @@ def shifted_sums(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> tup
     return pivot_totals(s1, shifted.mul_(shifted).sum(0), pivot, flat.shape[0])
 
 
-SWEEP_ROWS = {"cpu": 32}
-"""Rows compared with every sweep τ at a time by :func:`sweep_counts`, per device type (others: 1024)."""
+SWEEP_BYTES = {"cpu": 2 << 20}
+"""Size of the ``[S, rows, W]`` float32 block of masks that :func:`sweep_counts` fills at a time, per
+device type (others: 1024 rows): on a CPU about 2 MiB, so that it stays in cache (32 rows at
+``S = 6``, ``W = 3072``; 170 at ``W = 512``)."""
 
 
 def sweep_counts(level: torch.Tensor, cuts: list[float], workspace: Workspace) -> torch.Tensor:
     """``#{rows : level > cut_s}`` per column of ``level [n, W]`` for every cut (int64 ``[S, W]``).
 
-    The rows are compared with all cuts a block at a time (:data:`SWEEP_ROWS`): one broadcast
+    The rows are compared with all cuts a block at a time (:data:`SWEEP_BYTES`): one broadcast
     comparison into an ``[S, rows, W]`` buffer, then one batched matrix product adds the block's
     column sums to a float32 total (exact: fewer than :data:`EXACT_ROWS` rows per total). Each
     block of ``level`` is read from memory once while its ``S`` masks stay in cache; ``S``
     separate passes over the whole batch cost about twice as much on a CPU."""
     (n, width), count, device = level.shape, len(cuts), level.device
-    block = min(SWEEP_ROWS.get(device.type, 1024), max(n, 1))
+    budget = SWEEP_BYTES.get(device.type)
+    block = min(1024 if budget is None else max(1, budget // (4 * count * width)), max(n, 1))
     thresholds = torch.tensor(cuts, dtype=level.dtype, device=device).view(count, 1, 1)
     masks = workspace.buffer("sweep", (count, block, width), device)
     ones = torch.ones(count, 1, block, dtype=level.dtype, device=device)
