@@ -56,7 +56,8 @@ class Workspace:
     :meth:`buffer` hands out a view of the role's storage, grown to the largest request so far.
     A role's contents are valid only until its next request: ``"acts"``, ``"mask"`` and ``"level"``
     live for one layer's update (every statistic reads them), ``"scratch"`` only within the one call that
-    requests it (``|a|``, centred values; ``"sweep"``: the sweep's block of masks), ``"acts"`` for activations that
+    requests it (``|a|``, centred values; ``"sweep"``: the sweep's block of masks; ``"scale"``: the
+    layer scale's float64 block), ``"acts"`` for activations that
     arrive in another dtype or layout (one copy into float32, contiguous). Buffers are ordinary tensors even when the capture runs under ``inference_mode``.
     """
 
