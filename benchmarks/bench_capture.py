@@ -13,7 +13,9 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
 * **Time.** For each shape and method, ``--pairs`` alternating pairs (plain forward, then the
   method, over the same batches) in one process; the ratio of each pair's CPU times (wall time on
   a GPU, after synchronising), reported as min / median / max. Methods: neuronbench's full
-  statistics pass, its frequency-only pass (moments: counts, τ sweep, sums, extremes), and,
+  statistics pass (every capture part, the τ sweep included), its frequency-only pass (moments:
+  counts at τ, sums, extremes; no τ sweep), the moments with the τ sweep (``sweep_count`` at the 7
+  τ of ``DEFAULT_SWEEP``, the capture part ``sweep``), and,
   when installed (``pip install -e .[peers]``), TransformerLens 4 ``run_with_cache`` of the
   neuron tensors (``mlp.hook_post`` / ``mixer.out_proj.hook_in``) and nnsight saving the inputs of
   every output projection. An absent peer is skipped with a message. ``--compile`` adds the
@@ -21,8 +23,9 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   reports the compile time (the warm-up pass, minus the plain forward's time).
 * **Threads.** ``--threads`` (default 1: one thread, as in issue 10's measurements; CPU time of a
   multi-threaded pass on a shared machine also counts the OpenMP threads' spin-waiting).
-* **Memory** (``--memory``): peak extra resident memory of each method (RSS high-water mark
-  after the run minus before it, in a fresh process) at two token counts per shape.
+* **Memory** (``--memory``): peak extra resident memory of each method at two token counts per
+  shape, in a fresh process: the resident high-water mark during the run minus the RSS before it
+  (the mark is reset after loading the model, :func:`reset_peak_kib`; Linux only).
 
 The pytest entry point keeps the flat-memory check on the built-in models (10k vs 100k tokens):
 ``python -m pytest benchmarks/bench_capture.py --benchmark-only``.
@@ -46,6 +49,7 @@ import pytest
 import torch
 
 from neuronbench.capture import CaptureConfig, batches, capture_statistics
+from neuronbench.capture.config import DEFAULT_SWEEP
 from neuronbench.data import TokenWindows
 from neuronbench.models import LoadedModel, load_model
 from neuronbench.toy import build_toy_model
@@ -81,7 +85,8 @@ random weights, which do not change the cost, and the built-in models."""
 NEURON_PATH = {"gpt2": "transformer.h.{}.mlp.c_proj", "mamba": "backbone.layers.{}.mixer.out_proj",
                "opt": "model.decoder.layers.{}.fc2"}
 TL_HOOK = {"gpt2": "mlp.hook_post", "mamba": "mixer.out_proj.hook_in", "opt": "mlp.hook_post"}
-FREQUENCY_ONLY = dict(positional=False, token_counts=False, trigrams=False, delta=False)
+FREQUENCY_ONLY = dict(sweep=(), positional=False, token_counts=False, trigrams=False, delta=False)
+WITH_SWEEP = FREQUENCY_ONLY | dict(sweep=DEFAULT_SWEEP)
 
 
 def synthetic_windows(vocab: int, n_windows: int, window: int = WINDOW, seed: int = 0) -> TokenWindows:
@@ -144,6 +149,7 @@ def nnsight_save(loaded: LoadedModel, windows: TokenWindows) -> Callable[[], Non
 METHODS: dict[str, tuple[Callable[[LoadedModel, TokenWindows], Callable[[], None]], str | None]] = {
     "neuronbench full": (neuronbench_pass(), None),
     "neuronbench frequency only": (neuronbench_pass(**FREQUENCY_ONLY), None),
+    "neuronbench frequency + τ sweep": (neuronbench_pass(**WITH_SWEEP), None),
     "neuronbench full, compiled": (neuronbench_pass(compile=True), None),
     "neuronbench frequency only, compiled": (neuronbench_pass(compile=True, **FREQUENCY_ONLY), None),
     "TransformerLens run_with_cache": (transformer_lens, "transformer_lens"),
@@ -188,7 +194,7 @@ def paired_ratios(baseline: Callable[[], None], candidate: Callable[[], None], p
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, torch
+    import json, sys, torch
     sys.path.insert(0, sys.argv[1])
     import bench_capture as b
     torch.set_num_threads(int(sys.argv[8]))
@@ -196,11 +202,26 @@ MEMORY_SCRIPT = textwrap.dedent("""
     windows = b.synthetic_windows(loaded.model.config.vocab_size, int(sys.argv[4]), int(sys.argv[7]))
     factory = b.plain if sys.argv[3] == "plain forward" else b.METHODS[sys.argv[3]][0]
     run = factory(loaded, windows)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = b.reset_peak_kib()
     run()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"extra_mib": (after - before) / 1024}))
+    print(json.dumps({"extra_mib": (b.status_kib("VmHWM") - before) / 1024}))
 """)
+
+
+def status_kib(field: str) -> int:
+    """``field`` (``VmRSS``, ``VmHWM``) of ``/proc/self/status`` in KiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_kib() -> int:
+    """Reset this process's resident high-water mark ``VmHWM`` to its current RSS (writing ``5``
+    to ``/proc/self/clear_refs``, Linux) and return that RSS in KiB. Without the reset the peak
+    of loading the model (``getrusage``'s ``ru_maxrss`` never goes down) hides a smaller pass."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return status_kib("VmRSS")
 
 
 def peak_extra_mib(model_dir: str, method: str, n_windows: int, window: int, args: argparse.Namespace) -> float:

@@ -39,6 +39,16 @@ import torch
 
 from neuronbench.errors import ConfigError
 
+SCALE_BYTES = 3 << 19
+"""Size of the float64 block of the first batch that :meth:`ActivationRule.layer_scale` squares and
+sums at a time (1.5 MiB: 64 rows of 3072, so that it stays in cache)."""
+
+
+def scale_rows(width: int) -> int:
+    """Rows of a :data:`SCALE_BYTES` float64 block of ``width`` columns (at least 1)."""
+    return max(1, SCALE_BYTES // (8 * width))
+
+
 def _above(values: torch.Tensor, level: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """``values > level`` as float32 0/1, written straight into a float32 tensor (``out`` when given:
     a reused buffer costs no fresh pages)."""
@@ -84,12 +94,23 @@ class ActivationRule:
     relative: bool
     allows_negative_tau: bool
 
-    def layer_scale(self, flat: torch.Tensor) -> float:
-        """``s_l``: median over neurons of their RMS over the first batch ``flat [n, W]`` (1.0 for an
-        absolute τ; 0.0 for a batch without real tokens)."""
+    def layer_scale(self, flat: torch.Tensor, block: torch.Tensor | None = None) -> float:
+        """``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` over the first batch ``flat [n, W]``, in float64
+        (exact squares of the float32 values), a block of rows at a time (:func:`scale_rows`; each
+        block's float64 copy stays in cache: about 20× cheaper on a CPU than ``pow`` of a whole
+        float64 copy); ``block`` (float64 ``[rows, W]``, e.g. a reused buffer) receives each block.
+        1.0 for an absolute τ; 0.0 for a batch without real tokens."""
         if not self.relative:
             return 1.0
-        return float(flat.double().square().mean(dim=0).sqrt().median()) if flat.numel() else 0.0
+        if not flat.numel():
+            return 0.0
+        total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
+        rows = scale_rows(flat.shape[1]) if block is None else block.shape[0]
+        for start in range(0, flat.shape[0], rows):
+            part = flat[start:start + rows]
+            squares = part.double() if block is None else block[:part.shape[0]].copy_(part)
+            total += squares.mul_(squares).sum(dim=0)
+        return float(total.div_(flat.shape[0]).sqrt_().median())
 
     def bind(self, scale: float) -> Mask:
         """The mask with ``s_l`` fixed."""

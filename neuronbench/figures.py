@@ -205,9 +205,8 @@ def _per_model_lines(ax: plt.Axes, records: list[dict], key: str, part: str, fie
 
 @figure("dead")
 def dead_figures(records: list[dict], plots: Path) -> list[Output]:
-    """Figure 1a (% dead neurons per layer; a sentence when no layer has any), 1b (mean activation
-    frequency of the alive neurons), overlaid across models, and the τ sweep (dead % per layer and
-    τ) per model."""
+    """Figure 1a (% dead neurons per layer; a sentence when no layer has any) and 1b (mean
+    activation frequency of the alive neurons), overlaid across models."""
     none_dead = found_nothing(*(r["figures"]["dead"]["fig1a"]["dead_percent"] for r in records))
     fig, axes = plt.subplots(1, 1 if none_dead else 2, figsize=(5.5 if none_dead else 11, 3.8), squeeze=False)
     axes = list(axes[0])
@@ -219,17 +218,21 @@ def dead_figures(records: list[dict], plots: Path) -> list[Output]:
         axes[0].set_title("Figure 1a: dead neurons")
     _per_model_lines(axes[-1], records, "dead", "fig1b", "mean_freq_alive", "mean frequency of alive neurons")
     axes[-1].set_title("Figure 1b: activation frequency")
-    written.append(save(fig, plots / "fig1_dead.png"))
+    return [*written, save(fig, plots / "fig1_dead.png")]
+
+
+@figure("dead_sweep")
+def dead_sweep_figure(records: list[dict], plots: Path) -> list[Output]:
+    """The τ sweep: dead % per layer at every τ of the capture's sweep, one panel per model."""
     fig, axes = plt.subplots(1, len(records), figsize=(5.5 * len(records), 3.8), squeeze=False)
     for ax, record in zip(axes[0], records):
-        sweep = record["figures"]["dead"]["sweep"]
+        sweep = record["figures"]["dead_sweep"]
         for tau, column in zip(sweep["tau"], np.asarray(sweep["dead_percent"]).T):
             ax.plot(sweep["layers"], column, marker=".", label=f"τ = {tau}")
         ax.set(title=f"{_model_label(record)}: τ sweep", ylabel="dead neurons (%)")
         layer_axis(ax)
         ax.legend(fontsize=7)
-    written.append(save(fig, plots / "dead_tau_sweep.png"))
-    return written
+    return [save(fig, plots / "dead_tau_sweep.png")]
 
 
 def _dashed_lines(ax: plt.Axes, records: list[dict], part: str, field: str, suffix: str) -> None:

@@ -1,10 +1,12 @@
 """Dead and rarely active neurons (Voita et al. 2023 §3).
 
 Dead iff ``freq ≤ ε`` over all analysed tokens under the model's activation rule at τ. Records
-Figure 1a (% dead per layer), 1b (mean frequency of the alive neurons), the τ sweep, per layer the
-share of activation mass ``Σ|a|`` carried by the dead neurons and each dead neuron's max |a|.
-These cases read the moments only, so ``-k dead`` computes no positional, per-token, trigram or Δ
-statistics (the overlaps between types are ``suite/test_overlaps.py``).
+Figure 1a (% dead per layer), 1b (mean frequency of the alive neurons), per layer the share of
+activation mass ``Σ|a|`` carried by the dead neurons and each dead neuron's max |a|; and, as its
+own case, the τ sweep (dead % per layer at every τ of the sweep). These cases read the moments
+(and the sweep's per-τ counts, capture part ``sweep``) only, so ``-k dead`` computes no positional,
+per-token, trigram or Δ statistics, and ``-k "dead and not sweep"`` no sweep either (the overlaps
+between types are ``suite/test_overlaps.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ def counts_of(detections) -> dict[str, int]:
 def test_dead(workspace, record):
     dead = workspace.detections("dead")
     figure_1a, figure_1b = dead_percent(dead), alive_mean_frequency(dead)
-    sweep = dead_fraction_sweep(workspace.stats, eps=workspace.config.dead_freq)
     assert all(0 <= p <= 100 for p in figure_1a["dead_percent"])
     total = sum(d.width for d in dead.values())
     count = sum(int(d.indices.size) for d in dead.values())
@@ -38,8 +39,18 @@ def test_dead(workspace, record):
            metrics={"count": count, "percent": 100.0 * count / total, **counts_of(dead), **mass,
                     "dead_max_abs": peaks, **null_metrics(dead)},
            thresholds=next(iter(dead.values())).thresholds, neurons=neurons_of(dead),
-           figures={"dead": {"fig1a": figure_1a, "fig1b": figure_1b, "sweep": sweep,
+           figures={"dead": {"fig1a": figure_1a, "fig1b": figure_1b,
                              "num_layers": workspace.loaded.adapter.num_layers}})
+
+
+@pytest.mark.dead
+@pytest.mark.capture("sweep")
+def test_dead_sweep(workspace, record):
+    """Dead % per layer at every τ_s of the sweep: ``#{j : sweep_count_j(τ_s)/n ≤ ε} / W``."""
+    sweep = dead_fraction_sweep(workspace.stats, eps=workspace.config.dead_freq)
+    assert all(0 <= p <= 100 for row in sweep["dead_percent"] for p in row)
+    record(workspace, analysis="dead_sweep", method="freq<=eps at each tau", metrics={},
+           thresholds={"eps": sweep["eps"], "sweep": sweep["tau"]}, figures={"dead_sweep": sweep})
 
 
 @pytest.mark.dead

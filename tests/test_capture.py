@@ -180,24 +180,26 @@ def feed_layout(ids: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor, batch
     return collector.result()
 
 
-def test_count_tiers_promote_rows_and_keep_counts_exact():
+@pytest.mark.parametrize("width", [3, 8])
+def test_count_tiers_promote_rows_and_keep_counts_exact(width):
     """Token 7 (≈ 40,000 occurrences) jumps straight to the int16 tier and is promoted to int32
     past 32,767; token 3 (300) is promoted from uint8 to int16 mid-stream; neuron 0 is always
-    active, so its counts must reach the occurrence counts without overflow."""
+    active, so its counts must reach the occurrence counts without overflow (width 8: every
+    tier's rows are added in packed int64 lanes, :func:`~neuronbench.capture.tokens.packed`)."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(10, 60, (500, 100), generator=generator)
     ids[torch.rand(ids.shape, generator=generator) < 0.8] = 7
     ids.view(-1)[torch.randperm(ids.numel(), generator=generator)[:300]] = 3
     mask = torch.ones_like(ids)
-    acts = torch.randn(500, 100, 3, generator=generator)
+    acts = torch.randn(500, 100, width, generator=generator)
     acts[..., 0] = 1.0
     stats = feed_layout(ids, mask, acts, batch=20, positional=False)
     rows = {int(t): i for i, t in enumerate(stats.token_ids)}
     assert stats.token_tier[rows[7]] == 2 and stats.token_tier[rows[3]] == 1
     assert stats.token_tier[rows[int(ids[ids != 7][ids[ids != 7] != 3][0])]] == 0
     assert stats.layer(0)["token_active_tier0"].dtype == np.uint8
-    expected = np.zeros((60, 3), dtype=np.int64)
-    np.add.at(expected, ids.flatten().numpy(), (acts > 0).reshape(-1, 3).numpy().astype(np.int64))
+    expected = np.zeros((60, width), dtype=np.int64)
+    np.add.at(expected, ids.flatten().numpy(), (acts > 0).reshape(-1, width).numpy().astype(np.int64))
     np.testing.assert_array_equal(stats.token_active(0), expected[stats.token_ids])
     assert stats.token_active(0, [0])[rows[7], 0] == int((ids == 7).sum()) > 32_767
     np.testing.assert_array_equal(stats.token_occurrences[stats.token_ids], expected[stats.token_ids, 0])
@@ -278,11 +280,70 @@ def test_a_compile_failure_warns_and_runs_eagerly(monkeypatch):
         assert wrapped(flat, cuts, False)[0].tolist() == [[2, 1], [1, 0]]
 
 
-def test_sweep_counts_in_blocks_equal_one_comparison_per_threshold():
+def test_sweep_counts_in_blocks_equal_one_comparison_per_threshold(monkeypatch):
+    from neuronbench.capture import moments
     from neuronbench.capture.batch import Workspace
     from neuronbench.capture.moments import sweep_counts
+
+    monkeypatch.setitem(moments.SWEEP_BYTES, "cpu", 4 * 4 * 6 * 32)  # blocks of 32 rows
 
     level = torch.randn(70, 6, generator=torch.Generator().manual_seed(5)).round(decimals=1)  # ties at the cuts
     cuts = [0.0, 0.1, 0.5, -1.0]
     expected = torch.stack([(level > cut).sum(0) for cut in cuts])
     assert torch.equal(sweep_counts(level, cuts, Workspace()), expected)  # 70 rows: two blocks of 32 and a tail
+
+
+def test_a_capture_without_the_sweep_keeps_no_sweep_count_and_the_same_moments(monkeypatch):
+    """``sweep=()`` (the suite's capture without the part ``sweep``): no ``sweep_count``, every other
+    array as with the sweep (eager and the compiled path's functions, run eagerly), and the
+    dead-fraction sweep is an error naming the missing part."""
+    from neuronbench.capture import compiled
+    from neuronbench.detectors import dead_fraction_sweep
+
+    for name in ("moments", "windows"):
+        monkeypatch.setattr(getattr(compiled, name), "compiled", getattr(compiled, name).fn)
+
+    generator = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, 9, (5, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    acts = torch.randn(5, 12, 6, generator=generator)
+    for compile in (False, True):
+        swept, bare = (feed_layout(ids, mask, acts, batch=2, sweep=sweep, compile=compile) for sweep in (SWEEP, ()))
+        assert "sweep_count" in swept.layer(0) and set(bare.layer(0)) == set(swept.layer(0)) - {"sweep_count"}
+        for name, value in bare.layer(0).items():
+            np.testing.assert_array_equal(value, swept.layer(0)[name], err_msg=name)
+        assert bare.sweep == () and dead_fraction_sweep(swept)["tau"] == list(SWEEP)
+        with pytest.raises(CaptureError, match="τ sweep was not captured.*'sweep'"):
+            dead_fraction_sweep(bare)
+
+
+def test_positional_counts_moved_to_int64_before_float32_could_round_stay_exact(monkeypatch):
+    """With the float32 total's limit at 3 windows, counts move into the int64 total every few
+    batches; the per-position counts equal those of one float32 total."""
+    from neuronbench.capture import positions
+
+    generator = torch.Generator().manual_seed(6)
+    ids = torch.randint(0, 9, (7, 12), generator=generator)
+    mask = torch.ones_like(ids)
+    acts = torch.randn(7, 12, 5, generator=generator)
+    whole = feed_layout(ids, mask, acts, batch=2, sweep=())
+    monkeypatch.setattr(positions, "EXACT_ROWS", 3)
+    moved = feed_layout(ids, mask, acts, batch=2, sweep=())
+    np.testing.assert_array_equal(moved.layer(0)["pos_active"], whole.layer(0)["pos_active"])
+    assert moved.layer(0)["pos_active"].dtype == np.int64 and moved.layer(0)["pos_tokens"].tolist() == [7] * 12
+
+
+def test_float_statistics_are_within_a_millionth_of_float64_at_a_real_batch_size():
+    """8 windows of 512 tokens in one batch (4,096 rows per reduction): the moments' float totals
+    are within 1e-6 relative of float64 brute force (``Σ a`` relative to ``Σ |a|``, as it may cancel)."""
+    generator = torch.Generator().manual_seed(8)
+    ids = torch.randint(0, 50, (8, 512), generator=generator)
+    acts = torch.nn.functional.gelu(torch.randn(8, 512, 16, generator=generator) * 2 + torch.linspace(-1, 3, 16))
+    for positional in (True, False):
+        got = feed_layout(ids, torch.ones_like(ids), acts, batch=8, sweep=(), positional=positional,
+                          token_counts=False, trigrams=False).layer(0)
+        flat = acts.double().flatten(0, 1)
+        magnitude = flat.abs().sum(0).numpy()
+        for name, expected in (("sum_sq", flat.square().sum(0)), ("abs_sum", flat.abs().sum(0))):
+            np.testing.assert_allclose(got[name], expected.numpy(), rtol=1e-6, atol=0, err_msg=name)
+        np.testing.assert_array_less(np.abs(got["sum"] - flat.sum(0).numpy()), 1e-6 * magnitude)

@@ -119,7 +119,7 @@ def test_model_without_tokenizer_files_fails_naming_them(broken_run):
     result, out, cache = broken_run
     assert result.returncode == 1, result.stdout[-3000:]
     failures = failures_of(out, "no-tokenizer")
-    assert len(failures) == 5  # statistics, dead, rarely_active, 2 perplexity: every case of it
+    assert len(failures) == 6  # statistics, dead, dead_sweep, rarely_active, 2 perplexity: every case of it
     message = " ".join(failures[0]["message"])
     assert "ModelLoadError" in message and "no tokens" in message and "tokenizer.json" in message
     records = json.loads((out / "results.json").read_text())["records"]
@@ -131,7 +131,7 @@ def test_nan_weights_fail_the_capture_naming_model_layer_tensor_batch(broken_run
     result, out, cache = broken_run
     failures = [f for f in failures_of(out, "nan-weights") if "test_perplexity" not in f["case"]]
     assert {f["case"].split("::")[1].split("[")[0] for f in failures} == {
-        "test_statistics", "test_dead", "test_rarely_active"}
+        "test_statistics", "test_dead", "test_dead_sweep", "test_rarely_active"}
     message = " ".join(failures[0]["message"])
     assert "NonFiniteActivationError" in message and "nan-weights" in message
     assert "layer 1" in message and "'blocks.1.neurons'" in message and "batch 0" in message

@@ -172,7 +172,7 @@ def test_builtin_models_hold_their_committed_baselines(tmp_path):
     assert " passed" in result.stdout and "failed" not in result.stdout.splitlines()[-1]
 
 
-MOMENTS = {"active_count", "sweep_count", "sum", "sum_sq", "max", "min"}
+MOMENTS = {"active_count", "sum", "sum_sq", "abs_sum", "max", "min"}
 
 
 def cached_arrays(cache: Path, model: str) -> tuple[set[str], set[str]]:
@@ -185,27 +185,28 @@ def cached_arrays(cache: Path, model: str) -> tuple[set[str], set[str]]:
 
 
 def test_k_dead_computes_the_moments_only(toy):
-    """``-k dead`` selects the dead and rarely-active cases and the dead ablations, which read the
-    moments only (the overlaps and the dead ∪ positional ablation, which need positions, are
-    ``test_type_overlaps`` and ``union``); a selection that reads positions computes them."""
-    listed = run_suite("--model", toy["mamba"], "-k", "dead", "--collect-only")
+    """``-k "dead and not sweep"`` selects the dead and rarely-active cases and the dead ablations,
+    which read the moments only (the τ sweep, the overlaps and the dead ∪ positional ablation are
+    ``test_dead_sweep``, ``test_type_overlaps`` and ``union``); a selection that reads the sweep and
+    positions computes them."""
+    listed = run_suite("--model", toy["mamba"], "-k", "dead and not sweep", "--collect-only")
     assert listed.returncode == 0, listed.stdout
     assert f"neuronbench capture parts for {toy['mamba']}: moments\n" in listed.stdout
     assert "test_ablation[" in listed.stdout and "union" not in listed.stdout
     wider = run_suite("--model", toy["mamba"], "-k", "dead or union or overlaps", "--collect-only")
-    assert f"neuronbench capture parts for {toy['mamba']}: moments, positional, token_counts\n" in wider.stdout
+    assert f"neuronbench capture parts for {toy['mamba']}: moments, positional, sweep, token_counts\n" in wider.stdout
 
 
 def test_dead_cases_compute_only_the_moments_and_a_wider_selection_recomputes(toy, tmp_path):
     cache = ["--model", toy["mamba"], "--cache-dir", str(tmp_path / "cache")]
-    moments = run_suite(*cache, "-m", "dead and not positional", "--out", str(tmp_path / "a"))
+    moments = run_suite(*cache, "-m", "dead and not positional", "-k", "not sweep", "--out", str(tmp_path / "a"))
     assert moments.returncode == 0, moments.stdout
     cases = {r["case"].split("::")[1].split("[")[0] for r in results(tmp_path / "a")["records"]}
     assert cases == {"test_dead", "test_rarely_active"}
     per_layer, shared = cached_arrays(tmp_path / "cache", toy["mamba"])
     assert MOMENTS <= per_layer and shared == set()
-    optional = {n for n in per_layer if n.startswith(("pos_", "pearson", "token_", "trigram", "log_delta"))}
-    assert optional == set()  # no positions, per-token, trigram or Δ statistics
+    optional = {n for n in per_layer if n.startswith(("sweep_", "pos_", "pearson", "token_", "trigram", "log_delta"))}
+    assert optional == set()  # no τ sweep, positions, per-token, trigram or Δ statistics
     wider = run_suite(*cache, "-m", "statistics or positional", "-k", "not overlaps", "--out", str(tmp_path / "b"))
     assert wider.returncode == 0, wider.stdout
     (statistics,) = [r for r in results(tmp_path / "b")["records"] if r["analysis"] == "statistics"]

@@ -139,14 +139,16 @@ class ArchitectureAdapter(ABC):
         """Register hooks that send ``blocks.{layer}.{kind}`` tensors to ``sink`` on every
         forward pass. Raises :class:`AnalysisUnavailableError` for a kind this model lacks."""
         wanted = set(kinds)
-        missing = wanted - set(self.available_kinds(layer))
+        taps = self.taps(self.check_layer(layer))
+        available = tuple(dict.fromkeys(kind for tap in taps for kind in tap.kinds))
+        missing = wanted - set(available)
         if missing:
             raise AnalysisUnavailableError(
                 f"{self.family} models do not provide {sorted(missing)} "
-                f"(available at layer {layer}: {list(self.available_kinds(layer))})"
+                f"(available at layer {layer}: {list(available)})"
             )
         handles = []
-        for tap in self.taps(layer):
+        for tap in taps:
             chosen = wanted.intersection(tap.kinds)
             if chosen:
                 handles.append(self._register_tap(layer, tap, chosen, sink))

@@ -36,7 +36,8 @@ EXACT_ROWS = 1 << 24
 
 def column_sums(values: torch.Tensor) -> torch.Tensor:
     """``Σ_rows values`` of ``values [n, W]`` as one float32 matrix-vector product ``[W]`` (the
-    fastest column reduction on a CPU)."""
+    fastest column reduction on a CPU; exact for 0/1 values, :func:`column_counts`, but for general
+    values about 10× less exact than ``sum``'s cascade: 2–4e-6 relative at 1,000–4,000 rows)."""
     return (torch.ones(1, values.shape[0], dtype=values.dtype, device=values.device) @ values)[0]
 
 
@@ -55,7 +56,8 @@ class Workspace:
     :meth:`buffer` hands out a view of the role's storage, grown to the largest request so far.
     A role's contents are valid only until its next request: ``"acts"``, ``"mask"`` and ``"level"``
     live for one layer's update (every statistic reads them), ``"scratch"`` only within the one call that
-    requests it (``|a|``, centred values; ``"sweep"``: the sweep's block of masks), ``"acts"`` for activations that
+    requests it (``|a|``, centred values; ``"sweep"``: the sweep's block of masks; ``"scale"``: the
+    layer scale's float64 block), ``"acts"`` for activations that
     arrive in another dtype or layout (one copy into float32, contiguous). Buffers are ordinary tensors even when the capture runs under ``inference_mode``.
     """
 
@@ -131,7 +133,7 @@ class BatchContext:
     ``real [B, T]``, ``full [B]`` (windows without padding) and their number ``n_full`` (the one
     host synchronisation of a batch); for the token table the
     kept positions split by count tier (``parts``); for trigrams the flat mask ``trigram``
-    (trigram positions), the flat indices ``skipped`` (kept positions that are not trigram
+    (trigram positions), the flat indices ``outside`` (real positions that are not trigram
     positions) and the id of each trigram position's trigram.
     """
 
@@ -140,7 +142,7 @@ class BatchContext:
     n_full: int
     parts: list[TierPart] | None = None
     trigram: torch.Tensor | None = None
-    skipped: torch.Tensor | None = None
+    outside: torch.Tensor | None = None
     trigram_ids: np.ndarray | None = None
 
     @property
@@ -193,6 +195,11 @@ class LayerBatch:
         """The activity mask ``mask(flat, τ)`` (float32 0/1, in the ``"mask"`` buffer)."""
         return self.mask.above(self.level, self.threshold, self.workspace.buffer("mask", self.flat.shape,
                                                                                   self.flat.device))
+
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        """``Σ_rows weights``: the batch's active count per neuron (int64 ``[W]``, :func:`column_counts`)."""
+        return column_counts(self.weights)
 
     @cached_property
     def active(self) -> torch.Tensor:

@@ -115,7 +115,7 @@ class StatisticsCollector:
             batch.parts = tier_parts(keep, self.rows.tier[rows].to(real.device), self.rows.slot[rows].to(real.device))
         if self.trigram_rows is not None:
             positions = trigram_positions(real, kept)
-            batch.trigram, batch.skipped = positions[real], (kept & ~positions)[real].nonzero().flatten()
+            batch.trigram, batch.outside = positions[real], (~positions)[real].nonzero().flatten()
             codes = trigram_codes(input_ids, self.vocab_size)[positions]
             batch.trigram_ids = self.trigram_rows.ids(codes.cpu().numpy())
         self._batch = batch

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.activation import ActivationRule
+from neuronbench.activation import ActivationRule, scale_rows
 from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, Workspace
 from neuronbench.capture.moments import Moments
 from neuronbench.capture.positions import Positions
@@ -65,7 +65,8 @@ class LayerStatistics:
             acts = space.buffer("acts", acts.shape, acts.device).copy_(acts)
         flat = batch.flat(acts)
         if self.scale is None:
-            self.scale = self.rule.layer_scale(flat)
+            block = space.buffer("scale", (scale_rows(self.width), self.width), acts.device, torch.float64)
+            self.scale = self.rule.layer_scale(flat, block)
         view = LayerBatch(acts=acts, flat=flat, threshold=self.threshold, batch=batch,
                           mask=self.rule.bind(self.scale), workspace=space, windowed=self.positions is not None,
                           compiled=self.moments.compiled)

@@ -4,7 +4,8 @@
 array                       shape                definition
 ==========================  ===================  ==============================================
 ``active_count``            ``[W]``              ``#{tokens : active at τ}`` (the capture's rule)
-``sweep_count``             ``[S, W]``           ``#{tokens : active at τ_s}`` for each sweep τ_s
+``sweep_count``             ``[S, W]``           ``#{tokens : active at τ_s}`` for each sweep τ_s (only when
+                                                 ``CaptureConfig.sweep`` is not empty)
 ``sum``, ``sum_sq``         ``[W]``              ``Σ a``, ``Σ a²`` (float64 totals)
 ``abs_sum``                 ``[W]``              ``Σ |a|`` (activation mass; float64 total)
 ``max``, ``min``            ``[W]``              extremes of ``a``
@@ -12,7 +13,8 @@ array                       shape                definition
 
 Each batch is reduced in float32 (counts as matmuls of the 0/1 mask; sums around a pivot,
 :func:`shifted_sums`) and only the per-batch results are added to the float64 / int64 totals. The
-sweep's counts come from the layer's one ``level`` (``|a|`` or ``a``), compared with every τ_s a
+τ sweep is optional (``CaptureConfig.sweep = ()``: no ``sweep_count``, no comparison per τ_s; only the
+dead-fraction sweep figure reads it). Its counts come from the layer's one ``level`` (``|a|`` or ``a``), compared with every τ_s a
 block of rows at a time (:func:`sweep_counts`). When every window of the batch is full and the positional
 statistics read the per-window sufficient statistics
 (:class:`~neuronbench.capture.batch.WindowMoments`), the sums and extremes are read from those
@@ -29,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, Workspace, column_counts, column_sums
+from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, Workspace
 
 
 def pivot_totals(shifted_sum: torch.Tensor, shifted_sq: torch.Tensor, pivot: torch.Tensor,
@@ -51,20 +53,23 @@ def shifted_sums(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> tup
     return pivot_totals(s1, shifted.mul_(shifted).sum(0), pivot, flat.shape[0])
 
 
-SWEEP_ROWS = {"cpu": 32}
-"""Rows compared with every sweep τ at a time by :func:`sweep_counts`, per device type (others: 1024)."""
+SWEEP_BYTES = {"cpu": 2 << 20}
+"""Size of the ``[S, rows, W]`` float32 block of masks that :func:`sweep_counts` fills at a time, per
+device type (others: 1024 rows): on a CPU about 2 MiB, so that it stays in cache (32 rows at
+``S = 6``, ``W = 3072``; 170 at ``W = 512``)."""
 
 
 def sweep_counts(level: torch.Tensor, cuts: list[float], workspace: Workspace) -> torch.Tensor:
     """``#{rows : level > cut_s}`` per column of ``level [n, W]`` for every cut (int64 ``[S, W]``).
 
-    The rows are compared with all cuts a block at a time (:data:`SWEEP_ROWS`): one broadcast
+    The rows are compared with all cuts a block at a time (:data:`SWEEP_BYTES`): one broadcast
     comparison into an ``[S, rows, W]`` buffer, then one batched matrix product adds the block's
     column sums to a float32 total (exact: fewer than :data:`EXACT_ROWS` rows per total). Each
     block of ``level`` is read from memory once while its ``S`` masks stay in cache; ``S``
     separate passes over the whole batch cost about twice as much on a CPU."""
     (n, width), count, device = level.shape, len(cuts), level.device
-    block = min(SWEEP_ROWS.get(device.type, 1024), max(n, 1))
+    budget = SWEEP_BYTES.get(device.type)
+    block = min(1024 if budget is None else max(1, budget // (4 * count * width)), max(n, 1))
     thresholds = torch.tensor(cuts, dtype=level.dtype, device=device).view(count, 1, 1)
     masks = workspace.buffer("sweep", (count, block, width), device)
     ones = torch.ones(count, 1, block, dtype=level.dtype, device=device)
@@ -82,7 +87,8 @@ def sweep_counts(level: torch.Tensor, cuts: list[float], workspace: Workspace) -
 
 
 class Moments:
-    """``active_count``, ``sweep_count``, ``sum``, ``sum_sq``, ``abs_sum``, ``max``, ``min`` of one layer."""
+    """``active_count``, ``sweep_count`` (when ``sweep`` is not empty), ``sum``, ``sum_sq``, ``abs_sum``,
+    ``max``, ``min`` of one layer."""
 
     def __init__(self, width: int, sweep: tuple[float, ...], device: torch.device, compiled: bool = False) -> None:
         long, f64 = torch.long, torch.float64
@@ -92,7 +98,7 @@ class Moments:
         self.checksum: torch.Tensor | None = None
         self.totals = dict(
             active_count=torch.zeros(width, dtype=long, device=device),
-            sweep_count=torch.zeros(len(sweep), width, dtype=long, device=device),
+            **({"sweep_count": torch.zeros(len(sweep), width, dtype=long, device=device)} if sweep else {}),
             sum=torch.zeros(width, dtype=f64, device=device),
             sum_sq=torch.zeros(width, dtype=f64, device=device),
             abs_sum=torch.zeros(width, dtype=f64, device=device),
@@ -120,21 +126,27 @@ class Moments:
     def _eager_update(self, view: LayerBatch) -> tuple[torch.Tensor, ...]:
         """Counts and ``Σ |a|`` added; returns ``(Σ a, Σ a², max, min)`` of the batch."""
         flat, a = view.flat, self.totals
-        counts = column_counts(view.weights)
+        counts = view.counts
         a["active_count"] += counts
-        others = [i for i, tau in enumerate(self.sweep) if tau != view.threshold]
-        for i in set(range(len(self.sweep))) - set(others):
-            a["sweep_count"][i] += counts
-        if others:
-            cuts = [view.mask.cut(self.sweep[i]) for i in others]
-            a["sweep_count"][others] += sweep_counts(view.level, cuts, view.workspace)
+        if self.sweep:
+            self._sweep_update(view, counts)
         magnitude = view.level if view.mask.relative else torch.abs(flat, out=view.scratch(flat.shape))
-        a["abs_sum"] += column_sums(magnitude)  # a float32 reduction per batch, float64 totals
+        a["abs_sum"] += magnitude.sum(0)  # float32 cascade sum per batch (a matmul's is ~10× less exact)
         if view.windowed and view.batch.all_real:
             windows = view.window_moments
             return windows.total.sum(0), windows.sum_sq.sum(0), windows.max.amax(0), windows.min.amin(0)
         total, total_sq = shifted_sums(flat, view.scratch(flat.shape))
         return total, total_sq, flat.amax(0), flat.amin(0)
+
+    def _sweep_update(self, view: LayerBatch, counts: torch.Tensor) -> None:
+        """``sweep_count_s += #{rows : level > cut(τ_s)}``; a τ_s equal to the capture's τ reuses ``counts``."""
+        sweep = self.totals["sweep_count"]
+        others = [i for i, tau in enumerate(self.sweep) if tau != view.threshold]
+        for i in set(range(len(self.sweep))) - set(others):
+            sweep[i] += counts
+        if others:
+            cuts = [view.mask.cut(self.sweep[i]) for i in others]
+            sweep[others] += sweep_counts(view.level, cuts, view.workspace)
 
     def _compiled_update(self, view: LayerBatch) -> tuple[torch.Tensor, ...]:
         """As :meth:`_eager_update`, from the compiled reductions (:mod:`.compiled`)."""
@@ -145,7 +157,8 @@ class Moments:
                             device=flat.device)
         counts, shifted_sum, shifted_sq, abs_sum, largest, smallest = compiled.moments(flat, cuts, view.mask.relative)
         a["active_count"] += counts[0]
-        a["sweep_count"] += counts[1:]
+        if self.sweep:
+            a["sweep_count"] += counts[1:]
         a["abs_sum"] += abs_sum
         total, total_sq = pivot_totals(shifted_sum, shifted_sq, flat[0], flat.shape[0])
         return total, total_sq, largest, smallest

@@ -36,8 +36,9 @@ class Positions:
     Per batch, the sums over its full windows are :attr:`~neuronbench.capture.batch.LayerBatch.position_sums`
     (``pos_active`` sums at most a batch of 0/1 values: exact). ``pos_active`` is totalled in float32, exact while
     below :data:`~neuronbench.capture.batch.EXACT_ROWS` windows, and moved into an int64 total
-    before it could get there; ``pos_sum`` is totalled in float64. The ``[T, W]`` totals are made
-    by the first batch (no zero-filled arrays to add into)."""
+    before it could get there (``moved``, made only then); ``pos_sum`` is totalled in float64. The
+    ``[T, W]`` totals are made by the first batch (no zero-filled arrays to add into), and
+    :meth:`arrays` adds nothing when no count was moved."""
 
     def __init__(self, width: int, window: int, device: torch.device) -> None:
         self.shape = (window, width)
@@ -46,7 +47,7 @@ class Positions:
         """Windows counted in the float32 total ``active``."""
         self.pos_tokens = torch.zeros(window, dtype=torch.long, device=device)
         self.active: torch.Tensor | None = None
-        self.moved = torch.zeros(self.shape, dtype=torch.long, device=device)
+        self.moved: torch.Tensor | None = None
         self.pos_sum: torch.Tensor | None = None
         self.pearson_sum = torch.zeros(width, dtype=torch.float64, device=device)
 
@@ -56,7 +57,7 @@ class Positions:
         if n == 0:
             return
         if self.pending + n >= EXACT_ROWS:
-            self.moved += self.active.long()
+            self.moved = self.active.long() if self.moved is None else self.moved + self.active.long()
             self.active.zero_()
             self.pending = 0
         self.n_windows += n
@@ -72,7 +73,10 @@ class Positions:
 
     def arrays(self) -> dict[str, np.ndarray]:
         device = self.pos_tokens.device
-        active = self.moved if self.active is None else self.moved + self.active.long()
+        if self.active is None:  # no full window (and so nothing moved)
+            active = torch.zeros(self.shape, dtype=torch.long, device=device)
+        else:
+            active = self.active.long() if self.moved is None else self.moved + self.active.long()
         total = torch.zeros(self.shape, dtype=torch.float64, device=device) if self.pos_sum is None else self.pos_sum
         return {"pos_tokens": self.pos_tokens.cpu().numpy(), "pos_active": active.cpu().numpy(),
                 "pos_sum": total.cpu().numpy(), "pearson_sum": self.pearson_sum.cpu().numpy()}

@@ -91,6 +91,21 @@ class TokenRows:
         return promotion
 
 
+def packed(counts: torch.Tensor) -> torch.Tensor:
+    """``counts [n, W]`` (contiguous) viewed as int64 lanes ``[n, W·size/8]`` when its rows are a
+    whole number of 8-byte words, else itself.
+
+    Adding two packed words adds every lane (8 uint8, 4 int16 or 2 int32 counts) at once and is
+    exact as long as no lane's sum exceeds its dtype's range, since only then would a carry reach the
+    next lane. A count table's lanes never do: a count never exceeds its token's occurrences, and a
+    row is promoted to a wider tier before a batch that would push its occurrences past its tier's
+    limit (:data:`COUNT_TIERS`, all within the lanes' unsigned range), so every partial sum is at
+    most the final count."""
+    if counts.dtype == torch.int64 or not counts.is_contiguous() or counts.shape[-1] * counts.element_size() % 8:
+        return counts
+    return counts.view(torch.int64)
+
+
 class TokenCountTable:
     """Exact ``#{occurrences of token t : a_j > τ}`` of one layer, in the tiers of
     :data:`COUNT_TIERS` (rows addressed by ``(tier, slot)`` from :class:`TokenRows`)."""
@@ -132,20 +147,13 @@ class TokenCountTable:
         self.tiers[tier] = grown
 
     def add(self, parts: Sequence[TierPart], active: torch.Tensor) -> None:
-        """Add the rows of ``active [n, W]`` (bool) to the count rows named by ``parts``."""
+        """Add the rows of ``active [n, W]`` (bool) to the count rows named by ``parts``, in packed
+        lanes (:func:`packed`): one int64 addition adds 8 uint8 (4 int16, 2 int32) counts."""
         for part in parts:
             table = self.tiers[part.tier]
             rows = (active if part.positions is None else active.index_select(0, part.positions)).view(torch.uint8)
-            table.index_put_((part.slots,), rows if table.dtype == torch.uint8 else rows.to(table.dtype),
-                             accumulate=True)
-
-    SUM_ROWS = 4096
-    """Rows summed at a time by :meth:`column_sums` (a sum casts its input to int64 first)."""
-
-    def column_sums(self, rows: TokenRows) -> torch.Tensor:
-        """``Σ_t count_j(t)`` over every token row (int64 ``[W]``)."""
-        return sum(table[start:min(start + self.SUM_ROWS, used)].sum(0, dtype=torch.long)
-                   for table, used in zip(self.tiers, rows.tier_rows) for start in range(0, used, self.SUM_ROWS))
+            rows = rows if table.dtype == torch.uint8 else rows.to(table.dtype)
+            packed(table).index_put_((part.slots,), packed(rows), accumulate=True)
 
     def arrays(self, rows: TokenRows) -> dict[str, np.ndarray]:
         """The used part of each tier as ``token_active_tier{i}`` (views of the tables on the CPU)."""
@@ -179,32 +187,33 @@ def tier_parts(keep: torch.Tensor | None, tier: torch.Tensor, slot: torch.Tensor
 class TokenStatistics:
     """One layer's per-token count table and, when trigrams are kept, ``trigram_active_count``.
 
-    ``trigram_active_count`` (``E_j = #{trigram positions : a_j > τ}``) is derived at the end from
-    the table: its column sum minus the activations on kept tokens at non-trigram positions
-    (``skipped_active``, streamed here).
+    ``trigram_active_count`` (``E_j = #{trigram positions : a_j > τ}``) is streamed per batch as the
+    layer's column counts over every real position minus the activations at the few real positions
+    that are not trigram positions (``BatchContext.outside``: excluded tokens, each window's first
+    two): integers throughout, so exact, and no reduction of the table at the end.
     """
 
     def __init__(self, width: int, rows: TokenRows, device: torch.device, trigrams: bool) -> None:
         self.rows = rows
         self.table = TokenCountTable(width, rows.row_of.numel(), device)
-        self.skipped_active = torch.zeros(width, dtype=torch.long, device=device) if trigrams else None
+        self.trigram_active = torch.zeros(width, dtype=torch.long, device=device) if trigrams else None
 
     def prepare(self, promotion: Promotion) -> None:
         self.table.prepare(self.rows, promotion)
 
     def update(self, view: LayerBatch) -> None:
-        self.add(view.active, view.batch)
+        self.add(view.active, view.batch, view.counts if self.trigram_active is not None else None)
 
-    def add(self, active: torch.Tensor, batch: BatchContext) -> None:
-        """Fold ``active [n_real, W]`` (row-major real positions) into the table."""
+    def add(self, active: torch.Tensor, batch: BatchContext, counts: torch.Tensor | None = None) -> None:
+        """Fold ``active [n_real, W]`` (row-major real positions) into the table; ``counts`` is
+        ``Σ_rows active`` (int64 ``[W]``) when the caller has it."""
         self.table.add(batch.parts, active)
-        if self.skipped_active is not None:
-            self.skipped_active += active.index_select(0, batch.skipped).sum(0)
+        if self.trigram_active is not None:
+            total = active.sum(0) if counts is None else counts
+            self.trigram_active += total - active.index_select(0, batch.outside).sum(0)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``token_active_tier{i}`` (and ``trigram_active_count``); consumes the table."""
-        out = {}
-        if self.skipped_active is not None:
-            out["trigram_active_count"] = (self.table.column_sums(self.rows) - self.skipped_active).cpu().numpy()
+        out = {} if self.trigram_active is None else {"trigram_active_count": self.trigram_active.cpu().numpy()}
         out.update(self.table.arrays(self.rows))
         return out

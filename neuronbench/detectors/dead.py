@@ -236,10 +236,14 @@ def dead_fraction_sweep(stats: ActivationStatistics, *, layers: Sequence[int] | 
                         eps: float = DEAD_FREQ) -> dict:
     """Dead fraction per layer at every τ of the capture's sweep: ``#{j : sweep_count_j(τ)/n ≤ ε} / W``.
 
-    Returns ``{"tau": [S], "layers": [L], "dead_percent": [L][S]}`` (percent).
+    Returns ``{"tau": [S], "layers": [L], "dead_percent": [L][S]}`` (percent). A capture without
+    the sweep (``CaptureConfig.sweep = ()``) is a :class:`CaptureError`.
     """
     eps = check_range("dead-neuron frequency ε", eps, 0.0, 1.0, high_open=True)
     chosen = select_layers(stats, layers)
+    if not stats.sweep:
+        raise CaptureError("the τ sweep was not captured (CaptureConfig.sweep is empty; in the suite a case "
+                           "that reads it declares the capture part 'sweep')")
     if stats.n_tokens <= 0:
         raise CaptureError("the τ sweep needs at least one analysed token; the capture saw none")
     percent = [(100.0 * (stats.layer(layer)["sweep_count"] / stats.n_tokens <= eps).mean(axis=1)).tolist()
