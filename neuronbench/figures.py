@@ -223,16 +223,23 @@ def dead_figures(records: list[dict], plots: Path) -> list[Output]:
 
 @figure("dead_sweep")
 def dead_sweep_figure(records: list[dict], plots: Path) -> list[Output]:
-    """The τ sweep: dead % per layer at every τ of the capture's sweep, one panel per model."""
-    fig, axes = plt.subplots(1, len(records), figsize=(5.5 * len(records), 3.8), squeeze=False)
-    for ax, record in zip(axes[0], records):
+    """The τ sweep: dead % per layer at every τ of the capture's sweep, one panel per model that has
+    dead neurons at some τ; the models with none at any τ are named in a sentence instead."""
+    empty = [r for r in records if found_nothing(r["figures"]["dead_sweep"]["dead_percent"])]
+    notes: list[Output] = ([Note("τ sweep", f"No dead neurons at any τ of the sweep in {', '.join(map(_model_label, empty))}.")]
+                           if empty else [])
+    shown = [r for r in records if r not in empty]
+    if not shown:
+        return notes
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 3.8), squeeze=False)
+    for ax, record in zip(axes[0], shown):
         sweep = record["figures"]["dead_sweep"]
         for tau, column in zip(sweep["tau"], np.asarray(sweep["dead_percent"]).T):
             ax.plot(sweep["layers"], column, marker=".", label=f"τ = {tau}")
         ax.set(title=f"{_model_label(record)}: τ sweep", ylabel="dead neurons (%)")
         layer_axis(ax)
         ax.legend(fontsize=7)
-    return [save(fig, plots / "dead_tau_sweep.png")]
+    return [*notes, save(fig, plots / "dead_tau_sweep.png")]
 
 
 def _dashed_lines(ax: plt.Axes, records: list[dict], part: str, field: str, suffix: str) -> None:

@@ -134,3 +134,16 @@ def test_findings_attention_column_names_the_top_k_it_counts():
     table, *_ = findings_blocks([heads])
     assert dict(zip(table.headers, table.rows[0]))["attention (top by attention_weighted)"] == \
         "4 of 16 heads (top 10 per layer)"
+
+
+def test_tau_sweep_names_models_without_dead_neurons_instead_of_flat_panels(tmp_path):
+    def swept(model: str, percent: list[list[float]]) -> dict:
+        return record(model, "dead", "sweep", {}, figures={"dead_sweep": {"tau": [0.0, 0.5], "layers": [0, 1],
+                                                                         "dead_percent": percent}})
+
+    outputs = FIGURES["dead_sweep"]([swept("a", [[0, 0], [0, 0]]), swept("b", [[0, 1.5], [2, 4]])], tmp_path)
+    (note,) = [o for o in outputs if isinstance(o, Note)]
+    assert note.text == "No dead neurons at any τ of the sweep in a."
+    assert [o.name for o in outputs if not isinstance(o, Note)] == ["dead_tau_sweep.png"]
+    (only,) = FIGURES["dead_sweep"]([swept("a", [[0, 0], [0, 0]])], tmp_path / "none")
+    assert isinstance(only, Note) and not (tmp_path / "none").exists()
