@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from neuronbench.document import fmt  # noqa: E402
 from neuronbench.storage import write_bytes_atomic  # noqa: E402
 
 
@@ -101,15 +102,17 @@ def ablation_chart(records: list[dict], plots: Path) -> list[Output]:
         names = [r["figures"]["ablation"]["condition"] for r in chosen]
         base = np.array([r["metrics"]["baseline_ppl"] for r in chosen])
         cond = np.array([r["metrics"]["ppl"] for r in chosen]) / base - 1
-        ctrl = np.array([r["metrics"]["control_ppl_mean"] for r in chosen]) / base - 1
-        err = np.array([r["metrics"]["control_ppl_std"] for r in chosen]) / base
+        # dtype=float: a replayed run's JSON writes a non-finite value as the string "nan" (--seeds 0)
+        ctrl = np.array([r["metrics"]["control_ppl_mean"] for r in chosen], dtype=float) / base - 1
+        err = np.array([r["metrics"]["control_ppl_std"] for r in chosen], dtype=float) / base
         x = np.arange(len(names))
         ax.bar(x - 0.2, 100 * cond, width=0.4, label="condition")
-        if np.isfinite(ctrl).any():  # a run with --seeds 0 has no random controls
+        controlled = bool(np.isfinite(ctrl).any())  # a run with --seeds 0 has no random controls
+        if controlled:
             ax.bar(x + 0.2, 100 * ctrl, width=0.4, yerr=100 * err, capsize=3, label="random control (mean ± std)")
         ax.set_xticks(x, names, rotation=20, ha="right")
         ax.set_ylabel("Δ perplexity (%)")
-        ax.set_title(f"{model}: {mode}-ablation")
+        ax.set_title(f"{model}: {mode}-ablation" + ("" if controlled else " (no random controls: --seeds 0)"))
         ax.axhline(0, color="black", linewidth=0.8)
         ax.legend(fontsize=8)
     return [save(fig, plots / "ablation.png"), *note]
@@ -236,7 +239,9 @@ def dead_sweep_figure(records: list[dict], plots: Path) -> list[Output]:
         sweep = record["figures"]["dead_sweep"]
         for tau, column in zip(sweep["tau"], np.asarray(sweep["dead_percent"]).T):
             ax.plot(sweep["layers"], column, marker=".", label=f"τ = {tau}")
-        ax.set(title=f"{_model_label(record)}: τ sweep", ylabel="dead neurons (%)")
+        null = record["metrics"].get("null_count")
+        ax.set(title=f"{_model_label(record)}: τ sweep" + ("" if null is None else f" (null {fmt(null)} at every τ)"),
+               ylabel="dead neurons (%)")
         layer_axis(ax)
         ax.legend(fontsize=7)
     return [*notes, save(fig, plots / "dead_tau_sweep.png")]

@@ -187,6 +187,11 @@ FINDING_ANALYSES = frozenset(("statistics", "dead", "positional", "ngram", "delt
 calibration models) is named in a sentence pointing to its own section."""
 
 
+def uncontrolled(records: Sequence[dict]) -> bool:
+    """Whether some ablation record has no random controls (``--seeds 0``)."""
+    return any(r["analysis"] == "ablation" and not r["metrics"]["control_ppls"] for r in records)
+
+
 def findings_blocks(records: Sequence[dict], link: Callable[[str], object] = str) -> list[Block]:
     """The findings: the detections (one row per model), the sentence naming their constant
     columns, the ablations (one row per condition, one column per model) and the legend."""
@@ -197,7 +202,8 @@ def findings_blocks(records: Sequence[dict], link: Callable[[str], object] = str
     legend = Paragraph("Counts are over all analysed layers, with the count the detector finds on its null "
                        f"({MISSING}: no null recorded). Δppl: relative change of test perplexity against the "
                        "unablated model; z against the random control of the same size (* |z| ≥ 2, ** |z| ≥ 3); "
-                       f"{MISSING}: nothing to ablate.")
+                       f"{MISSING}: nothing to ablate" + ("; z —: no random controls (--seeds 0)." if uncontrolled(records)
+                                                          else "."))
     aside = [Paragraph(f"{model}: {', '.join(dict.fromkeys(r['analysis'] for r in grouped[model]))} only, "
                        "in its section below.") for model in others]
     return [*narrow_blocks(["model", *(c.header for c in FINDINGS)], rows, same_for="every model"),

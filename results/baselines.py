@@ -6,8 +6,8 @@ With ``--baseline`` a case fails when ``|Δ_new − Δ_old| > tol · max(|Δ_old
 ``--baseline-tolerance``, default 0.02; ``FLOOR = 1e-3`` keeps near-zero deltas from demanding
 exact equality) and its message gives both numbers. ``--update-baselines`` rewrites the files
 from the run's records. A condition's own Δ does not depend on its random controls, so the
-``seeds`` in a file's ``config`` only says how the file was made (the committed files and the CI
-regression use 2, the fewest the engine accepts).
+``seeds`` in a file's ``config`` only says how the file was made (the committed files were made
+with 2), and the CI regression checks them with ``--seeds 0``: no random controls at all.
 """
 
 from __future__ import annotations

@@ -46,10 +46,13 @@ def test_dead(workspace, record):
 @pytest.mark.dead
 @pytest.mark.capture("sweep")
 def test_dead_sweep(workspace, record):
-    """Dead % per layer at every τ_s of the sweep: ``#{j : sweep_count_j(τ_s)/n ≤ ε} / W``."""
+    """Dead % per layer at every τ_s of the sweep: ``#{j : sweep_count_j(τ_s)/n ≤ ε} / W``, with the
+    dead detector's null count, which is the same at every τ_s (it depends on ``n``, ε and ρ₀ only:
+    :func:`~neuronbench.detectors.dead.detect_dead`)."""
     sweep = dead_fraction_sweep(workspace.stats, eps=workspace.config.dead_freq)
     assert all(0 <= p <= 100 for row in sweep["dead_percent"] for p in row)
-    record(workspace, analysis="dead_sweep", method="freq<=eps at each tau", metrics={},
+    null = {k: v for k, v in null_metrics(workspace.detections("dead")).items() if k.endswith(("null_count", "null_std"))}
+    record(workspace, analysis="dead_sweep", method="freq<=eps at each tau", metrics=null,
            thresholds={"eps": sweep["eps"], "sweep": sweep["tau"]}, figures={"dead_sweep": sweep})
 
 

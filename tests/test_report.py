@@ -76,6 +76,8 @@ def test_a_run_without_random_controls_says_so_instead_of_nan():
     assert ablation_cell(uncontrolled) == "+5 % (z —)"
     (table,) = [b for b in ablation_blocks([uncontrolled]) if isinstance(b, Table)]
     assert table.rows[0][-2:] == ["none (--seeds 0)", "—"]
+    legend = [b for b in findings_blocks([uncontrolled]) if isinstance(b, Paragraph) and "Δppl" in b.text]
+    assert legend and legend[0].text.endswith("; z —: no random controls (--seeds 0).")
 
 
 def test_sections_are_long_format_with_layers_as_rows():
@@ -138,8 +140,8 @@ def test_findings_attention_column_names_the_top_k_it_counts():
 
 def test_tau_sweep_names_models_without_dead_neurons_instead_of_flat_panels(tmp_path):
     def swept(model: str, percent: list[list[float]]) -> dict:
-        return record(model, "dead", "sweep", {}, figures={"dead_sweep": {"tau": [0.0, 0.5], "layers": [0, 1],
-                                                                         "dead_percent": percent}})
+        return record(model, "dead", "sweep", {"null_count": 4e-19}, figures={"dead_sweep": {
+            "tau": [0.0, 0.5], "layers": [0, 1], "dead_percent": percent}})
 
     outputs = FIGURES["dead_sweep"]([swept("a", [[0, 0], [0, 0]]), swept("b", [[0, 1.5], [2, 4]])], tmp_path)
     (note,) = [o for o in outputs if isinstance(o, Note)]
@@ -147,3 +149,12 @@ def test_tau_sweep_names_models_without_dead_neurons_instead_of_flat_panels(tmp_
     assert [o.name for o in outputs if not isinstance(o, Note)] == ["dead_tau_sweep.png"]
     (only,) = FIGURES["dead_sweep"]([swept("a", [[0, 0], [0, 0]])], tmp_path / "none")
     assert isinstance(only, Note) and not (tmp_path / "none").exists()
+
+
+def test_ablation_chart_of_a_replayed_run_without_controls(tmp_path):
+    """Replayed from results.json, a --seeds 0 run's non-finite control values are the strings "nan"."""
+    replayed = ablation("a", "pruning", "zero", 0.05, "nan")
+    replayed["metrics"].update(control_ppl_mean="nan", control_ppl_std="nan", control_ppls=[])
+    replayed["figures"] = {"ablation": {"condition": "pruning"}}
+    (chart,) = FIGURES["ablation"]([replayed], tmp_path)
+    assert chart.name == "ablation.png" and chart.stat().st_size > 0

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -122,3 +123,14 @@ def test_console_messages_are_caught(browser, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<!DOCTYPE html><html><body><script>console.error('broken')</script></body></html>")
     assert any("broken" in message for message in dump_dom(bad).console)
+
+
+def test_a_run_without_arrays_replays_without_a_stats_directory(runs, tmp_path, capsys):
+    """An ablation-only run attaches no arrays, so its session writes no stats/; ``report`` rebuilds it."""
+    copied = shutil.copytree(runs["a"], tmp_path / "copy")
+    payload = json.loads((copied / "results.json").read_text())
+    payload["records"] = [{k: v for k, v in r.items() if k != "arrays_file"} for r in payload["records"]]
+    (copied / "results.json").write_text(json.dumps(payload))
+    shutil.rmtree(copied / "stats")
+    code, out, err = neuronbench(capsys, "report", str(copied))
+    assert code == 0 and out.strip().endswith("report.md"), err
