@@ -280,17 +280,61 @@ def test_a_compile_failure_warns_and_runs_eagerly(monkeypatch):
         assert wrapped(flat, cuts, False)[0].tolist() == [[2, 1], [1, 0]]
 
 
-def test_sweep_counts_in_blocks_equal_one_comparison_per_threshold(monkeypatch):
-    from neuronbench.capture import moments
-    from neuronbench.capture.batch import Workspace
-    from neuronbench.capture.moments import sweep_counts
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("layout, block_bytes, group_bytes", [
+    ("blocks of 3 rows: 3, 3, 2 per window", 4 * 6 * 3, 4 * 6 * 8),
+    ("whole windows, two to a block", 4 * 6 * 8, 4 * 6 * 16),
+    ("no sizes (a GPU): consecutive full windows in one block", None, None),
+])
+def test_blocked_reductions_equal_brute_force_across_blocks_windows_and_count_moves(monkeypatch, relative, layout,
+                                                                                    block_bytes, group_bytes):
+    """Windows of 8 rows cut into blocks in each ``layout``, a float32 count moved to int64 every
+    few rows, a padded window and an empty one: every reduction equals its float64 brute force
+    (counts and the bool mask exactly; ties at the cuts included)."""
+    from neuronbench.activation import Mask
+    from neuronbench.capture import blocks
+    from neuronbench.capture.batch import BatchContext, Workspace
 
-    monkeypatch.setitem(moments.SWEEP_BYTES, "cpu", 4 * 4 * 6 * 32)  # blocks of 32 rows
+    for sizes, value in ((blocks.BLOCK_BYTES, block_bytes), (blocks.GROUP_BYTES, group_bytes)):
+        if value is None:
+            monkeypatch.delitem(sizes, "cpu")
+        else:
+            monkeypatch.setitem(sizes, "cpu", value)
+    monkeypatch.setattr(blocks, "EXACT_ROWS", 20)
+    generator = torch.Generator().manual_seed(5)
+    real = torch.ones(5, 8, dtype=torch.bool)
+    real[2, 5:] = False
+    real[4] = False
+    acts = (torch.randn(5, 8, 6, generator=generator) * 2 + 1).round(decimals=1)
+    flat = acts[real].contiguous()
+    mask = Mask(relative=relative, scale=0.5)
+    plan = blocks.Plan(0.5, sweep=(0.0, 0.5, 1.0, -1.0), windowed=True, active=True)
+    batch = BatchContext.of(real)
+    shapes = {(b.windows, b.t1 - b.t0) for b in blocks.plan_blocks(batch.segments, 6, True, flat.device)}
+    assert shapes == {"blocks of 3 rows: 3, 3, 2 per window": {(1, 3), (1, 2)},
+                      "whole windows, two to a block": {(2, 8), (1, 5), (1, 8)},
+                      "no sizes (a GPU): consecutive full windows in one block": {(2, 8), (1, 5), (1, 8)}}[layout]
+    got = blocks.reduce_layer(flat, batch, mask, plan, Workspace())
 
-    level = torch.randn(70, 6, generator=torch.Generator().manual_seed(5)).round(decimals=1)  # ties at the cuts
-    cuts = [0.0, 0.1, 0.5, -1.0]
-    expected = torch.stack([(level > cut).sum(0) for cut in cuts])
-    assert torch.equal(sweep_counts(level, cuts, Workspace()), expected)  # 70 rows: two blocks of 32 and a tail
+    level = flat.abs() if relative else flat
+    cut = (lambda tau: tau * 0.5) if relative else (lambda tau: tau)
+    assert torch.equal(got.counts, (level > cut(0.5)).sum(0))
+    assert torch.equal(got.sweep, torch.stack([(level > cut(tau)).sum(0) for tau in plan.sweep]))
+    assert torch.equal(got.active, level > cut(0.5))
+    wide = flat.double()
+    for name, expected in (("abs_sum", wide.abs().sum(0)), ("total", wide.sum(0)), ("total_sq", wide.square().sum(0)),
+                           ("max", wide.amax(0)), ("min", wide.amin(0))):
+        torch.testing.assert_close(getattr(got, name).double(), expected, rtol=1e-6, atol=1e-9, msg=name)
+    full = acts[real.all(dim=1)].double()  # windows 0, 1, 3
+    positions = torch.arange(8, dtype=torch.float64) - 3.5
+    close = dict(rtol=1e-6, atol=1e-6)  # float32 activations centred in float32
+    torch.testing.assert_close(got.windows.total, full.sum(1), **close)
+    torch.testing.assert_close(got.windows.moment, (full * positions[:, None]).sum(1), **close)
+    torch.testing.assert_close(got.windows.centred_sq, (full - full.mean(1, keepdim=True)).square().sum(1), **close)
+    assert torch.equal(got.windows.max.double(), full.amax(1)) and torch.equal(got.windows.min.double(), full.amin(1))
+    full_level = full.abs() if relative else full
+    assert torch.equal(got.position_active, (full_level > cut(0.5)).sum(0).float())
+    torch.testing.assert_close(got.position_sum.double(), full.sum(0), **close)
 
 
 def test_a_capture_without_the_sweep_keeps_no_sweep_count_and_the_same_moments(monkeypatch):

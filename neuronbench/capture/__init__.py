@@ -27,12 +27,15 @@ module                 arrays (per layer unless said)
                        ``log_delta_min`` (Mamba)
 =====================  ==========================================================================
 
-:mod:`.batch` holds what a batch and a layer's batch share (the activity mask ``a > τ`` is
-computed once per layer and batch), :mod:`.layer` routes a layer's tensors to its statistics,
-:mod:`.collector` registers the hooks and runs the pass, :mod:`.statistics` is the result.
-A new statistic is one module with an ``update(view)`` / ``arrays()`` pair
-(:class:`~neuronbench.capture.batch.NeuronStatistic`), enabled by a field of
-:class:`CaptureConfig` and added in :class:`~neuronbench.capture.layer.LayerStatistics`.
+:mod:`.batch` holds what a batch and a layer's batch share, :mod:`.blocks` computes every
+per-batch reduction of a layer from one read of its activations in cache-sized blocks (the
+activity mask ``a > τ`` once per block, for every statistic; :mod:`.compiled` the same with
+``torch.compile``), :mod:`.layer` routes a layer's tensors to its statistics, :mod:`.collector`
+registers the hooks and runs the pass, :mod:`.statistics` is the result. A new statistic is one
+module with an ``update(view)`` / ``arrays()`` pair (:class:`~neuronbench.capture.batch.NeuronStatistic`)
+that reads the view's :class:`~neuronbench.capture.blocks.Reductions` (a new reduction is a
+field there and a few lines of the block loop), enabled by a field of :class:`CaptureConfig`
+and added in :class:`~neuronbench.capture.layer.LayerStatistics`.
 
 ``n_tokens`` counts real tokens; ``n_windows`` the full-length windows. Derived quantities
 (frequency, mean, spread) are methods of :class:`ActivationStatistics` or the detectors.

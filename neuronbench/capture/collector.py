@@ -103,8 +103,7 @@ class StatisticsCollector:
     def start_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         real = attention_mask.bool()
         kept = real & ~torch.isin(input_ids, self.exclude)
-        full = real.all(dim=1)
-        batch = BatchContext(real=real, full=full, n_full=int(full.sum()))
+        batch = BatchContext.of(real)
         if self.rows is not None:
             tokens = input_ids[kept].cpu()
             promotion = self.rows.update(tokens)

@@ -4,17 +4,20 @@
 levels ``cuts [S]`` (τ, then the sweep's τ_s, already multiplied by the layer scale for a relative
 rule), everything :class:`~neuronbench.capture.moments.Moments` adds to its totals:
 ``counts[s] = Σ_rows [level(a) > cuts[s]]`` (int64, exact), ``Σ (a − p)`` and ``Σ (a − p)²`` around
-the first row ``p`` (as :func:`~neuronbench.capture.moments.shifted_sums`), ``Σ |a|``, ``max``, ``min``.
+the first row ``p`` (:func:`pivot_totals`), ``Σ |a|``, ``max``, ``min``.
 
 :func:`window_reductions` computes, from the full windows ``[n, T, W]``, what
 :class:`~neuronbench.capture.batch.WindowMoments` and :class:`~neuronbench.capture.positions.Positions`
 need: per window ``Σ_t a_t``, ``Σ_t (t − t̄) a_t``, ``Σ_t a_t²``, max, min, and per position the
 active count and ``Σ a`` over the windows.
 
-Eager, these are about ``2S + 8`` and ``8`` passes over the batch; compiled (Inductor), the
+Eager (as written here), these are about ``2S + 8`` and ``8`` passes over the batch; compiled (Inductor), the
 reductions share loops and nothing of size ``[n, W]`` is written, so the sums accumulate in
 float64 at no extra memory traffic (products of float32 values are exact in float64): more exact
-than the eager update, which sums in float32 around a pivot. Counts are identical either way.
+than float32 sums. Counts are identical either way.
+
+:func:`reduce_layer` puts them together into the :class:`~neuronbench.capture.blocks.Reductions`
+that the eager :func:`~neuronbench.capture.blocks.reduce_layer` returns.
 
 The first call of each compiles (tens of seconds on a CPU; Inductor caches the result on disk for
 later processes). If compiling or running a compiled function fails, it warns once, naming the
@@ -28,6 +31,10 @@ import warnings
 from collections.abc import Callable
 
 import torch
+
+from neuronbench.activation import Mask
+from neuronbench.capture.batch import BatchContext, WindowMoments, Workspace
+from neuronbench.capture.blocks import Plan, Reductions
 
 FALLBACK: dict[str, str] = {}
 """``{function name: the error}`` for each compiled function that failed (then runs eagerly)."""
@@ -84,3 +91,32 @@ class Compiled:
 
 moments = Compiled(moment_reductions)
 windows = Compiled(window_reductions)
+
+
+def pivot_totals(shifted_sum: torch.Tensor, shifted_sq: torch.Tensor, pivot: torch.Tensor,
+                 n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ a, Σ a²)`` (float64) of ``n`` rows from their sums around ``p``: ``Σ a = Σ (a − p) + n·p``,
+    ``Σ a² = Σ (a − p)² + 2p·Σ (a − p) + n·p²``."""
+    s1, s2, p = shifted_sum.double(), shifted_sq.double(), pivot.double()
+    return s1 + n * p, s2 + 2 * p * s1 + n * p * p
+
+
+def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan,
+                 workspace: Workspace) -> Reductions:
+    """:func:`neuronbench.capture.blocks.reduce_layer` from the compiled functions (``workspace`` unused)."""
+    taus = (plan.threshold, *plan.sweep)
+    cuts = torch.tensor([mask.cut(tau) for tau in taus], dtype=flat.dtype, device=flat.device)
+    counts, shifted_sum, shifted_sq, abs_sum, largest, smallest = moments(flat, cuts, mask.relative)
+    total, total_sq = pivot_totals(shifted_sum, shifted_sq, flat[0], flat.shape[0])
+    reduced = Reductions(counts=counts[0], sweep=counts[1:] if plan.sweep else None, abs_sum=abs_sum, total=total,
+                         total_sq=total_sq, max=largest, min=smallest)
+    if plan.active:
+        reduced.active = mask.above(mask.level(flat), plan.threshold).bool()
+    full = [flat[start:start + size] for start, size, whole in batch.segments if whole]
+    if plan.windowed and full:
+        length = batch.real.shape[1]
+        window_sum, moment, window_sq, window_max, window_min, reduced.position_active, reduced.position_sum = windows(
+            torch.stack(full), cuts[:1].reshape(()), mask.relative)
+        centred_sq = (window_sq - window_sum.square() / length).clamp_min(0.0)
+        reduced.windows = WindowMoments(window_sum, moment, centred_sq, window_max, window_min, length)
+    return reduced

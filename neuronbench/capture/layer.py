@@ -1,5 +1,6 @@
-"""One layer's streamed statistics: the activity mask computed once per batch, then handed to
-every statistic kind that the capture asked for (:class:`~neuronbench.capture.batch.NeuronStatistic`)."""
+"""One layer's streamed statistics: every per-batch reduction computed from one read of the
+activations (:mod:`.blocks`, or :mod:`.compiled`), then handed to every statistic kind that the
+capture asked for (:class:`~neuronbench.capture.batch.NeuronStatistic`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import numpy as np
 import torch
 
 from neuronbench.activation import ActivationRule, scale_rows
+from neuronbench.capture import blocks
 from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, Workspace
+from neuronbench.capture.blocks import Plan
 from neuronbench.capture.moments import Moments
 from neuronbench.capture.positions import Positions
 from neuronbench.capture.ssm import DeltaMoments
@@ -24,7 +27,10 @@ class LayerStatistics:
     top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
     positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
     else fixed by the first batch. Buffers come from ``workspace`` (shared by the layers of a capture);
-    ``compiled``: the moments and window statistics use the compiled reductions (:mod:`.compiled`).
+    ``compiled``: the reductions come from the compiled functions (:mod:`.compiled`) instead of
+    :func:`.blocks.reduce_layer`. What they compute is the :class:`~neuronbench.capture.blocks.Plan`
+    of the statistics asked for: the τ sweep only with ``sweep``, window statistics only with
+    ``positions``, the bool mask only with per-token or trigram counts.
     """
 
     def __init__(self, layer: int, width: int, threshold: float, sweep: tuple[float, ...], window: int,
@@ -34,7 +40,9 @@ class LayerStatistics:
         self.layer, self.width, self.threshold, self.window = layer, width, threshold, window
         self.workspace = Workspace() if workspace is None else workspace
         self.rule, self.scale = rule, scale
-        self.moments = Moments(width, sweep, device, compiled)
+        self.moments = Moments(width, sweep, device)
+        self.compiled = compiled
+        self.plan = Plan(threshold, sweep, windowed=positions, active=tokens is not None or trigram_counts is not None)
         self.positions = Positions(width, window, device) if positions else None
         self.tokens = tokens
         self.trigram_counts = trigram_counts
@@ -67,12 +75,20 @@ class LayerStatistics:
         if self.scale is None:
             block = space.buffer("scale", (scale_rows(self.width), self.width), acts.device, torch.float64)
             self.scale = self.rule.layer_scale(flat, block)
-        view = LayerBatch(acts=acts, flat=flat, threshold=self.threshold, batch=batch,
-                          mask=self.rule.bind(self.scale), workspace=space, windowed=self.positions is not None,
-                          compiled=self.moments.compiled)
+        reductions = None
+        if flat.shape[0]:
+            reduce = self._compiled_reduce if self.compiled else blocks.reduce_layer
+            reductions = reduce(flat, batch, self.rule.bind(self.scale), self.plan, space)
+        view = LayerBatch(flat=flat, batch=batch, reductions=reductions)
         for statistic in self.statistics:
             statistic.update(view)
         return self.moments.checksum
+
+    @staticmethod
+    def _compiled_reduce(*args) -> blocks.Reductions:
+        from neuronbench.capture import compiled
+
+        return compiled.reduce_layer(*args)
 
     def update_ngrams(self, active: torch.Tensor, batch: BatchContext) -> None:
         """Fold ``active [n_real, W]`` (``a > τ`` at the real positions, row-major) into the per-token

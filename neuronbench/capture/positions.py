@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import EXACT_ROWS, LayerBatch, WindowMoments
+from neuronbench.activation import Mask
+from neuronbench.capture.batch import EXACT_ROWS, BatchContext, LayerBatch, Workspace
+from neuronbench.capture.blocks import Plan, reduce_layer
 
 
 def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
@@ -24,17 +26,22 @@ def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
 
     ``r = Σ_t (t − t̄)(a_t − ā) / sqrt(Σ_t (t − t̄)² · Σ_t (a_t − ā)²)`` over the T positions of
     a window; defined as 0 where the neuron is constant within the window (``max == min``, an
-    exact test). Numerator and spread are float32 sums of the values centred on the window mean
-    (:class:`~neuronbench.capture.batch.WindowMoments`); returns ``[n, W]`` float64.
+    exact test). Numerator and spread are sums of the values centred on the window mean
+    (:class:`~neuronbench.capture.batch.WindowMoments`, from :func:`~neuronbench.capture.blocks.reduce_layer`);
+    returns ``[n, W]`` float64.
     """
-    return WindowMoments.of(windows.float()).pearson()
+    n, length, width = windows.shape
+    batch = BatchContext.of(torch.ones(n, length, dtype=torch.bool, device=windows.device))
+    flat = windows.reshape(n * length, width).to(torch.float32).contiguous()
+    return reduce_layer(flat, batch, Mask(relative=False, scale=1.0), Plan(0.0, windowed=True), Workspace()).windows.pearson()
 
 
 class Positions:
     """``pos_tokens``, ``pos_active``, ``pos_sum``, ``pearson_sum`` of one layer.
 
-    Per batch, the sums over its full windows are :attr:`~neuronbench.capture.batch.LayerBatch.position_sums`
-    (``pos_active`` sums at most a batch of 0/1 values: exact). ``pos_active`` is totalled in float32, exact while
+    Per batch, the sums over its full windows are the reductions' ``position_active`` and
+    ``position_sum`` (:class:`~neuronbench.capture.blocks.Reductions`; ``pos_active`` sums at most a
+    batch of 0/1 values: exact). ``pos_active`` is totalled in float32, exact while
     below :data:`~neuronbench.capture.batch.EXACT_ROWS` windows, and moved into an int64 total
     before it could get there (``moved``, made only then); ``pos_sum`` is totalled in float64. The
     ``[T, W]`` totals are made by the first batch (no zero-filled arrays to add into), and
@@ -52,10 +59,10 @@ class Positions:
         self.pearson_sum = torch.zeros(width, dtype=torch.float64, device=device)
 
     def update(self, view: LayerBatch) -> None:
-        windows = view.full_windows
-        n = windows.shape[0]
-        if n == 0:
+        reduced = view.reductions
+        if reduced is None or reduced.windows is None:
             return
+        n = reduced.windows.total.shape[0]
         if self.pending + n >= EXACT_ROWS:
             self.moved = self.active.long() if self.moved is None else self.moved + self.active.long()
             self.active.zero_()
@@ -63,13 +70,13 @@ class Positions:
         self.n_windows += n
         self.pending += n
         self.pos_tokens += n
-        active, total = view.position_sums
-        if self.active is None:
+        active, total = reduced.position_active, reduced.position_sum
+        if self.active is None:  # the reductions' own tensors (not reused buffers): kept as the totals
             self.active, self.pos_sum = active.float(), total.double()
         else:
             self.active += active
             self.pos_sum += total
-        self.pearson_sum += view.window_moments.pearson().sum(0)
+        self.pearson_sum += reduced.windows.pearson().sum(0)
 
     def arrays(self) -> dict[str, np.ndarray]:
         device = self.pos_tokens.device

@@ -202,7 +202,9 @@ class TokenStatistics:
         self.table.prepare(self.rows, promotion)
 
     def update(self, view: LayerBatch) -> None:
-        self.add(view.active, view.batch, view.counts if self.trigram_active is not None else None)
+        reduced = view.reductions
+        if reduced is not None:
+            self.add(reduced.active, view.batch, reduced.counts if self.trigram_active is not None else None)
 
     def add(self, active: torch.Tensor, batch: BatchContext, counts: torch.Tensor | None = None) -> None:
         """Fold ``active [n_real, W]`` (row-major real positions) into the table; ``counts`` is

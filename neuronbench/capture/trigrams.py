@@ -93,7 +93,8 @@ class TrigramCounts:
         self.n_pending = 0
 
     def update(self, view: LayerBatch) -> None:
-        self.add(view.batch.trigram_ids, view.active, view.batch.trigram)
+        if view.reductions is not None:
+            self.add(view.batch.trigram_ids, view.reductions.active, view.batch.trigram)
 
     def add(self, trigram_ids: np.ndarray, active: torch.Tensor, positions: torch.Tensor) -> None:
         """``active [n, W]`` of a batch's real positions; ``positions [n]`` marks its trigram
