@@ -6,7 +6,10 @@ a CPU's caches: reduced one statistic at a time, every reduction reads it from m
 about twice: each *segment* (one window's real rows, consecutive in ``flat``) once for its mean,
 then block by block (at most :data:`BLOCK_BYTES` of rows), and every reduction that a requested
 statistic needs (:class:`Plan`) runs while the block is in cache. Only ``[W]``-sized results
-are kept. On a device without a block size (a GPU), a block is a whole segment.
+are kept. Windows shorter than a block are grouped, several whole windows to a block of up to
+:data:`GROUP_BYTES`, so that short windows (the built-in models') do not pay the per-operation
+overhead once per window (:func:`plan_blocks`). On a device without sizes (a GPU), a block is a
+whole segment, or all consecutive full windows of the batch.
 
 Per block ``b`` of segment ``k`` (rows ``t₀ … t₀ + r − 1`` of a window, ``1`` a row of ones), with
 ``level = |b|`` for a relative rule, else ``b``, and the activity mask ``m = [level > cut(τ)]``
@@ -76,7 +79,9 @@ class Reductions:
     ``total``, ``total_sq`` (float64 ``[W]``), ``max``, ``min`` (float32 ``[W]``); ``active`` (bool
     ``[n, W]``, plan.active); with plan.windowed, the full windows' :class:`WindowMoments`
     (``None`` when the batch has none) and the per-position sums over them, ``position_active``
-    (float32 counts, exact) and ``position_sum`` (float32), both ``[T, W]``."""
+    (float32 counts, exact) and ``position_sum`` (float32), both ``[T, W]``. ``active`` is a
+    :class:`~neuronbench.capture.batch.Workspace` buffer, valid until the next layer's reductions;
+    every other tensor is the reductions' own."""
 
     counts: torch.Tensor
     sweep: torch.Tensor | None
