@@ -96,7 +96,7 @@ class WindowMoments:
 class BatchContext:
     """What every layer needs to know about the current batch (flat = real positions, row-major).
 
-    ``real [B, T]``, ``full [B]`` (windows without padding), ``lengths`` (real positions per window,
+    ``real [B, T]``, ``lengths`` (real positions per window,
     on the host: the one host synchronisation of a batch); for the token table the
     kept positions split by count tier (``parts``); for trigrams the flat mask ``trigram``
     (trigram positions), the flat indices ``outside`` (real positions that are not trigram
@@ -104,7 +104,6 @@ class BatchContext:
     """
 
     real: torch.Tensor
-    full: torch.Tensor
     lengths: list[int]
     parts: list[TierPart] | None = None
     trigram: torch.Tensor | None = None
@@ -114,7 +113,7 @@ class BatchContext:
     @classmethod
     def of(cls, real: torch.Tensor) -> BatchContext:
         """The context of a batch with real positions ``real [B, T]`` (bool)."""
-        return cls(real=real, full=real.all(dim=1), lengths=real.sum(dim=1).tolist())
+        return cls(real=real, lengths=real.sum(dim=1).tolist())
 
     @cached_property
     def n_full(self) -> int:
