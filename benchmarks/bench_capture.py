@@ -21,6 +21,15 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   every output projection. An absent peer is skipped with a message. ``--compile`` adds the
   neuronbench passes with the compiled per-layer update (``CaptureConfig(compile=True)``) and
   reports the compile time (the warm-up pass, minus the plain forward's time).
+* **Own share.** For neuronbench's passes, the median over pairs of the CPU time spent inside the
+  collector (hooks' statistics, batch setup, result; :class:`OwnTime`) over the pair's plain
+  forward: the capture's own cost. ``ratio − 1 − own share`` is what the forward pass itself took
+  longer (or shorter) beside it; on a CPU that part is mostly the allocator: a plain GPT-2-small
+  forward of 4096 tokens spends 0.5–4.5 s of its 12–17 s in page faults (200k to 1.9M minor
+  faults, depending on the heap that the previous pass left behind), so ratios scatter by ±10 %
+  whatever runs beside the forward. Running the whole benchmark under
+  ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=4294967296``
+  (glibc keeps freed memory instead of returning it) removes that part for both sides alike.
 * **Threads.** ``--threads`` (default 1: one thread, as in issue 10's measurements; CPU time of a
   multi-threaded pass on a shared machine also counts the OpenMP threads' spin-waiting).
 * **Memory** (``--memory``): peak extra resident memory of each method at two token counts per
@@ -41,7 +50,8 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +59,7 @@ import pytest
 import torch
 
 from neuronbench.capture import CaptureConfig, batches, capture_statistics
+from neuronbench.capture.collector import StatisticsCollector
 from neuronbench.capture.config import DEFAULT_SWEEP
 from neuronbench.data import TokenWindows
 from neuronbench.models import LoadedModel, load_model
@@ -180,17 +191,55 @@ def clock(device: torch.device) -> Callable[[], float]:
     return time.process_time
 
 
+class OwnTime:
+    """Time spent inside neuronbench's collector (its hooks' statistics, the batch setup, the
+    result), by the same clock as the pairs, while :meth:`measuring`: the capture's own cost,
+    free of the forward pass's share of the run-to-run noise."""
+
+    METHODS = ("start_batch", "receive", "end_batch", "result")
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now, self.seconds = now, 0.0
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        originals = {name: getattr(StatisticsCollector, name) for name in self.METHODS}
+
+        def timed(method):
+            def run(*args, **kwargs):
+                start = self.now()
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    self.seconds += self.now() - start
+            return run
+
+        for name, method in originals.items():
+            setattr(StatisticsCollector, name, timed(method))
+        try:
+            yield
+        finally:
+            for name, method in originals.items():
+                setattr(StatisticsCollector, name, method)
+
+
 def paired_ratios(baseline: Callable[[], None], candidate: Callable[[], None], pairs: int,
-                  now: Callable[[], float]) -> tuple[list[float], float]:
-    """``candidate / baseline`` time of ``pairs`` alternating pairs (after one warm-up of each), and
-    the time of the candidate's warm-up run (which includes any compilation)."""
+                  now: Callable[[], float]) -> tuple[list[float], list[float], float]:
+    """``candidate / baseline`` time of ``pairs`` alternating pairs (after one warm-up of each), the
+    candidate's own time inside neuronbench's collector over the baseline's (:class:`OwnTime`;
+    zeros for a peer), and the time of the candidate's warm-up run (which includes any compilation)."""
     baseline()
     start = now(); candidate(); warm_up = now() - start  # noqa: E702
-    ratios = []
+    ratios, shares, own = [], [], OwnTime(now)
     for _ in range(pairs):
-        start = now(); baseline(); middle = now(); candidate(); end = now()  # noqa: E702
+        own.seconds = 0.0
+        start = now(); baseline(); middle = now()  # noqa: E702
+        with own.measuring():
+            candidate()
+        end = now()
         ratios.append((end - middle) / (middle - start))
-    return ratios, warm_up
+        shares.append(own.seconds / (middle - start))
+    return ratios, shares, warm_up
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
@@ -234,8 +283,8 @@ def peak_extra_mib(model_dir: str, method: str, n_windows: int, window: int, arg
 
 def table(args: argparse.Namespace) -> list[str]:
     torch.set_num_threads(args.threads)
-    rows = ["| shape | tokens | method | ratio vs plain forward: min / median / max | plain forward s | "
-            "first pass s |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| shape | tokens | method | ratio vs plain forward: min / median / max | own share: median | "
+            "plain forward s | first pass s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     memory = ["| shape | method | peak extra MiB at the smaller token count | at the larger |", "| --- | --- | --- | --- |"]
     chosen = [m for m in METHODS if (args.compile or m not in COMPILED) and (args.peers or METHODS[m][1] is None)]
     with tempfile.TemporaryDirectory() as root:
@@ -248,14 +297,15 @@ def table(args: argparse.Namespace) -> list[str]:
                 factory, package = METHODS[method]
                 if missing(package):
                     rows.append(f"| {name} | {windows.n_tokens} | {method} | skipped: `{package}` is not installed "
-                                "(`pip install -e .[peers]`) | | |")
+                                "(`pip install -e .[peers]`) | | | |")
                     print(f"skipping {method}: {package} is not installed", file=sys.stderr)
                     continue
-                ratios, warm_up = paired_ratios(base, factory(loaded, windows), args.pairs, now)
+                ratios, shares, warm_up = paired_ratios(base, factory(loaded, windows), args.pairs, now)
                 start = now(); base(); seconds = now() - start  # noqa: E702
+                share = f"{statistics.median(shares):.3f}" if package is None else "—"
                 rows.append(f"| {name} | {windows.n_tokens} | {method} | {min(ratios):.2f} / "
                             f"{statistics.median(ratios):.2f} / {max(ratios):.2f} ({len(ratios)} pairs) | "
-                            f"{seconds:.2f} | {warm_up:.2f} |")
+                            f"{share} | {seconds:.2f} | {warm_up:.2f} |")
                 print(rows[-1], file=sys.stderr, flush=True)
             if args.memory:
                 counts = shape.memory_windows

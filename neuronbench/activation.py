@@ -110,7 +110,14 @@ class ActivationRule:
             part = flat[start:start + rows]
             squares = part.double() if block is None else block[:part.shape[0]].copy_(part)
             total += squares.mul_(squares).sum(dim=0)
-        return float(total.div_(flat.shape[0]).sqrt_().median())
+        return self.scale_from_squares(total, flat.shape[0])
+
+    def scale_from_squares(self, square_sums: torch.Tensor, n: int) -> float:
+        """``s_l = median_j sqrt(square_sums_j / n)`` from the float64 ``Σ_t a_{t,j}²`` of ``n > 0``
+        tokens (1.0 for an absolute τ)."""
+        if not self.relative:
+            return 1.0
+        return float((square_sums.double() / n).sqrt_().median())
 
     def bind(self, scale: float) -> Mask:
         """The mask with ``s_l`` fixed."""

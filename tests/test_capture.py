@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -315,7 +316,15 @@ def test_blocked_reductions_equal_brute_force_across_blocks_windows_and_count_mo
                       "whole windows, two to a block": {(2, 8), (1, 5), (1, 8)},
                       "no sizes (a GPU): consecutive full windows in one block": {(2, 8), (1, 5), (1, 8)}}[layout]
     got = blocks.reduce_layer(flat, batch, mask, plan, Workspace())
+    assert_reductions_are_brute_force(got, acts, real, relative, plan)
 
+
+def assert_reductions_are_brute_force(got, acts: torch.Tensor, real: torch.Tensor, relative: bool, plan,
+                                      close: dict | None = None) -> None:
+    """Every reduction of ``got`` equals its float64 brute force over ``acts [B, T, W]`` at the real
+    positions (mask scale 0.5): counts and the bool mask exactly, floats within ``close``."""
+    flat = acts[real]
+    close = close or dict(rtol=1e-6, atol=1e-6)  # float32 activations centred in float32
     level = flat.abs() if relative else flat
     cut = (lambda tau: tau * 0.5) if relative else (lambda tau: tau)
     assert torch.equal(got.counts, (level > cut(0.5)).sum(0))
@@ -325,16 +334,74 @@ def test_blocked_reductions_equal_brute_force_across_blocks_windows_and_count_mo
     for name, expected in (("abs_sum", wide.abs().sum(0)), ("total", wide.sum(0)), ("total_sq", wide.square().sum(0)),
                            ("max", wide.amax(0)), ("min", wide.amin(0))):
         torch.testing.assert_close(getattr(got, name).double(), expected, rtol=1e-6, atol=1e-9, msg=name)
-    full = acts[real.all(dim=1)].double()  # windows 0, 1, 3
-    positions = torch.arange(8, dtype=torch.float64) - 3.5
-    close = dict(rtol=1e-6, atol=1e-6)  # float32 activations centred in float32
+    full = acts[real.all(dim=1)].double()
+    positions = torch.arange(acts.shape[1], dtype=torch.float64) - (acts.shape[1] - 1) / 2
     torch.testing.assert_close(got.windows.total, full.sum(1), **close)
     torch.testing.assert_close(got.windows.moment, (full * positions[:, None]).sum(1), **close)
     torch.testing.assert_close(got.windows.centred_sq, (full - full.mean(1, keepdim=True)).square().sum(1), **close)
     assert torch.equal(got.windows.max.double(), full.amax(1)) and torch.equal(got.windows.min.double(), full.amin(1))
     full_level = full.abs() if relative else full
     assert torch.equal(got.position_active, (full_level > cut(0.5)).sum(0).float())
-    torch.testing.assert_close(got.position_sum.double(), full.sum(0), **close)
+    torch.testing.assert_close(got.position_sum.double(), full.sum(0), rtol=1e-6, atol=1e-6)  # float32 sums
+
+
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_native_reductions_equal_brute_force_and_the_blocks(relative):
+    """The C loop (the CPU default): the same padded and empty windows as the blocks' test, every
+    reduction its float64 brute force (sums in double: within 1e-12), and on a GPT-2-shaped random
+    layer the same counts, mask and extremes as the blocks, the sums within their float32 rounding."""
+    from neuronbench.activation import Mask
+    from neuronbench.capture import blocks, native
+    from neuronbench.capture.batch import BatchContext, Workspace
+
+    if native.library() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the C reduction is required under CI=true: {native.UNAVAILABLE}")
+        pytest.skip(f"no C reduction on this machine ({native.UNAVAILABLE}); CI installs a compiler")
+    generator = torch.Generator().manual_seed(5)
+    real = torch.ones(5, 8, dtype=torch.bool)
+    real[2, 5:] = False
+    real[4] = False
+    acts = (torch.randn(5, 8, 6, generator=generator) * 2 + 1).round(decimals=1)
+    mask = Mask(relative=relative, scale=0.5)
+    plan = blocks.Plan(0.5, sweep=(0.0, 0.5, 1.0, -1.0), windowed=True, active=True)
+    got = native.reduce_layer(acts[real].contiguous(), BatchContext.of(real), mask, plan, Workspace())
+    assert_reductions_are_brute_force(got, acts, real, relative, plan, dict(rtol=1e-12, atol=1e-12))
+
+    big = torch.nn.functional.gelu(torch.randn(3, 64, 200, generator=generator) * 3)
+    real = torch.ones(3, 64, dtype=torch.bool)
+    real[1, 40:] = False
+    batch, flat = BatchContext.of(real), big[real].contiguous()
+    ours, theirs = (impl.reduce_layer(flat, batch, mask, plan, Workspace()) for impl in (native, blocks))
+    for name in ("counts", "sweep", "active", "max", "min", "position_active"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    for name in ("abs_sum", "total", "total_sq", "position_sum"):
+        torch.testing.assert_close(getattr(ours, name).double(), getattr(theirs, name).double(), rtol=1e-5, atol=1e-4)
+    assert_reductions_are_brute_force(ours, big, real, relative, plan, dict(rtol=1e-12, atol=1e-9))
+
+
+def test_without_a_c_compiler_the_capture_warns_once_and_runs_the_blocks(monkeypatch, tmp_path):
+    """A compiler that fails: one warning naming it, then :mod:`.blocks` (the same reductions)."""
+    from neuronbench.activation import Mask
+    from neuronbench.capture import blocks, native
+    from neuronbench.capture.batch import BatchContext, Workspace
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_LIBRARY", [])
+    monkeypatch.setattr(native, "UNAVAILABLE", {})
+    acts = torch.randn(2, 4, 3)
+    real = torch.ones(2, 4, dtype=torch.bool)
+    args = (acts.flatten(0, 1), BatchContext.of(real), Mask(True, 0.5), blocks.Plan(0.5), Workspace())
+    with pytest.warns(RuntimeWarning, match="C reduction could not be built.*no-such-cc"):
+        got = native.reduce_layer(*args)
+    assert "no-such-cc" in native.UNAVAILABLE["reduce_rows"]
+    assert torch.equal(got.counts, blocks.reduce_layer(*args).counts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.square_sums(acts.flatten(0, 1)) is None
 
 
 def test_a_capture_without_the_sweep_keeps_no_sweep_count_and_the_same_moments(monkeypatch):

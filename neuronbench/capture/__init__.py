@@ -27,14 +27,15 @@ module                 arrays (per layer unless said)
                        ``log_delta_min`` (Mamba)
 =====================  ==========================================================================
 
-:mod:`.batch` holds what a batch and a layer's batch share, :mod:`.blocks` computes every
-per-batch reduction of a layer from one read of its activations in cache-sized blocks (the
-activity mask ``a > τ`` once per block, for every statistic; :mod:`.compiled` the same with
-``torch.compile``), :mod:`.layer` routes a layer's tensors to its statistics, :mod:`.collector`
+:mod:`.batch` holds what a batch and a layer's batch share; :mod:`.native` computes every
+per-batch reduction of a layer in one read of its activations by a small C loop (the CPU
+default, compiled on first use); :mod:`.blocks` computes the same with tensor operations over
+cache-sized blocks (a GPU, or a CPU without a C compiler; the activity mask ``a > τ`` once per
+block, for every statistic); :mod:`.compiled` the same with ``torch.compile``; :mod:`.layer` routes a layer's tensors to its statistics, :mod:`.collector`
 registers the hooks and runs the pass, :mod:`.statistics` is the result. A new statistic is one
 module with an ``update(view)`` / ``arrays()`` pair (:class:`~neuronbench.capture.batch.NeuronStatistic`)
 that reads the view's :class:`~neuronbench.capture.blocks.Reductions` (a new reduction is a
-field there and a few lines of the block loop), enabled by a field of :class:`CaptureConfig`
+field there, a few lines of the block loop and of the C loop), enabled by a field of :class:`CaptureConfig`
 and added in :class:`~neuronbench.capture.layer.LayerStatistics`.
 
 ``n_tokens`` counts real tokens; ``n_windows`` the full-length windows. Derived quantities

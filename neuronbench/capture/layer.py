@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from neuronbench.activation import ActivationRule, scale_rows
-from neuronbench.capture import blocks
+from neuronbench.capture import blocks, native
 from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, Workspace
 from neuronbench.capture.blocks import Plan
 from neuronbench.capture.moments import Moments
@@ -28,7 +28,8 @@ class LayerStatistics:
     positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
     else fixed by the first batch. Buffers come from ``workspace`` (shared by the layers of a capture);
     ``compiled``: the reductions come from the compiled functions (:mod:`.compiled`) instead of
-    :func:`.blocks.reduce_layer`. What they compute is the :class:`~neuronbench.capture.blocks.Plan`
+    :func:`.native.reduce_layer` (the C loop on a CPU; :func:`.blocks.reduce_layer` on a GPU or
+    without a C compiler). What they compute is the :class:`~neuronbench.capture.blocks.Plan`
     of the statistics asked for: the τ sweep only with ``sweep``, window statistics only with
     ``positions``, the bool mask only with per-token or trigram counts.
     """
@@ -73,16 +74,24 @@ class LayerStatistics:
             acts = space.buffer("acts", acts.shape, acts.device).copy_(acts)
         flat = batch.flat(acts)
         if self.scale is None:
-            block = space.buffer("scale", (scale_rows(self.width), self.width), acts.device, torch.float64)
-            self.scale = self.rule.layer_scale(flat, block)
+            self.scale = self._first_scale(flat)
         reductions = None
         if flat.shape[0]:
-            reduce = self._compiled_reduce if self.compiled else blocks.reduce_layer
+            reduce = self._compiled_reduce if self.compiled else native.reduce_layer
             reductions = reduce(flat, batch, self.rule.bind(self.scale), self.plan, space)
         view = LayerBatch(flat=flat, batch=batch, reductions=reductions)
         for statistic in self.statistics:
             statistic.update(view)
         return self.moments.checksum
+
+    def _first_scale(self, flat: torch.Tensor) -> float:
+        """The rule's layer scale from the first batch: its float64 sums of squares from the C
+        loop (:func:`.native.square_sums`), else from float64 blocks of ``flat``."""
+        squares = native.square_sums(flat) if self.rule.relative and flat.shape[0] else None
+        if squares is not None:
+            return self.rule.scale_from_squares(squares, flat.shape[0])
+        block = self.workspace.buffer("scale", (scale_rows(self.width), self.width), flat.device, torch.float64)
+        return self.rule.layer_scale(flat, block)
 
     @staticmethod
     def _compiled_reduce(*args) -> blocks.Reductions:

@@ -18,7 +18,8 @@ import torch
 
 from neuronbench.activation import Mask
 from neuronbench.capture.batch import EXACT_ROWS, BatchContext, LayerBatch, Workspace
-from neuronbench.capture.blocks import Plan, reduce_layer
+from neuronbench.capture.blocks import Plan
+from neuronbench.capture.native import reduce_layer
 
 
 def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
@@ -27,7 +28,7 @@ def pearson_with_position(windows: torch.Tensor) -> torch.Tensor:
     ``r = Σ_t (t − t̄)(a_t − ā) / sqrt(Σ_t (t − t̄)² · Σ_t (a_t − ā)²)`` over the T positions of
     a window; defined as 0 where the neuron is constant within the window (``max == min``, an
     exact test). Numerator and spread are sums of the values centred on the window mean
-    (:class:`~neuronbench.capture.batch.WindowMoments`, from :func:`~neuronbench.capture.blocks.reduce_layer`);
+    (:class:`~neuronbench.capture.batch.WindowMoments`, from :func:`~neuronbench.capture.native.reduce_layer`);
     returns ``[n, W]`` float64.
     """
     n, length, width = windows.shape
