@@ -27,9 +27,14 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   longer (or shorter) beside it; on a CPU that part is mostly the allocator: a plain GPT-2-small
   forward of 4096 tokens spends 0.5–4.5 s of its 12–17 s in page faults (200k to 1.9M minor
   faults, depending on the heap that the previous pass left behind), so ratios scatter by ±10 %
-  whatever runs beside the forward. Running the whole benchmark under
-  ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=4294967296``
-  (glibc keeps freed memory instead of returning it) removes that part for both sides alike.
+  whatever runs beside the forward, and beside the capture's statistics the forward faults more
+  (1.0–1.6M; the collector's own allocations change which freed memory glibc hands back to the
+  forward's next tensors). PyTorch's own switch ``THP_MEM_ALLOC_ENABLE=1`` (allocations of 2 MiB
+  and more on transparent huge pages) makes the two forwards fault alike (74k against 86k minor
+  faults, most of them the collector's own); the table's first line names the allocator settings
+  it was measured under. ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=4294967296``
+  (glibc keeps freed memory instead of returning it) brings the plain forward to 200k faults but
+  leaves the capture's at 0.5–0.8M.
 * **Threads.** ``--threads`` (default 1: one thread, as in issue 10's measurements; CPU time of a
   multi-threaded pass on a shared machine also counts the OpenMP threads' spin-waiting).
 * **Memory** (``--memory``): peak extra resident memory of each method at two token counts per
@@ -44,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -281,9 +287,21 @@ def peak_extra_mib(model_dir: str, method: str, n_windows: int, window: int, arg
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_mib"]
 
 
+ALLOCATOR_VARIABLES = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")
+"""The environment variables that change the forward pass's page faults (see *Own share*)."""
+
+
+def allocator_environment() -> str:
+    """The allocator settings a table was measured under, e.g. ``THP_MEM_ALLOC_ENABLE=1``."""
+    chosen = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if name in os.environ]
+    return ", ".join(chosen) or "default (no THP_MEM_ALLOC_ENABLE, no GLIBC_TUNABLES)"
+
+
 def table(args: argparse.Namespace) -> list[str]:
     torch.set_num_threads(args.threads)
-    rows = ["| shape | tokens | method | ratio vs plain forward: min / median / max | own share: median | "
+    print(f"allocator: {allocator_environment()}; torch threads: {args.threads}", file=sys.stderr, flush=True)
+    rows = [f"Allocator: {allocator_environment()}; torch threads: {args.threads}.", "",
+            "| shape | tokens | method | ratio vs plain forward: min / median / max | own share: median | "
             "plain forward s | first pass s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     memory = ["| shape | method | peak extra MiB at the smaller token count | at the larger |", "| --- | --- | --- | --- |"]
     chosen = [m for m in METHODS if (args.compile or m not in COMPILED) and (args.peers or METHODS[m][1] is None)]

@@ -351,7 +351,8 @@ def assert_reductions_are_brute_force(got, acts: torch.Tensor, real: torch.Tenso
 def test_native_reductions_equal_brute_force_and_the_blocks(relative):
     """The C loop (the CPU default): the same padded and empty windows as the blocks' test, every
     reduction its float64 brute force (sums in double: within 1e-12), and on a GPT-2-shaped random
-    layer the same counts, mask and extremes as the blocks, the sums within their float32 rounding."""
+    layer the same counts, mask and extremes as the blocks, the sums within their float32 rounding;
+    then 37 windows (more than one group of full windows, padded ones between them)."""
     from neuronbench.activation import Mask
     from neuronbench.capture import blocks, native
     from neuronbench.capture.batch import BatchContext, Workspace
@@ -380,6 +381,12 @@ def test_native_reductions_equal_brute_force_and_the_blocks(relative):
     for name in ("abs_sum", "total", "total_sq", "position_sum"):
         torch.testing.assert_close(getattr(ours, name).double(), getattr(theirs, name).double(), rtol=1e-5, atol=1e-4)
     assert_reductions_are_brute_force(ours, big, real, relative, plan, dict(rtol=1e-12, atol=1e-9))
+
+    many = torch.randn(37, 16, 70, generator=generator)  # more full windows than one group of the C loop
+    real = torch.ones(37, 16, dtype=torch.bool)
+    real[3, 9:], real[20, 1:], real[36, 15:] = False, False, False
+    got = native.reduce_layer(many[real].contiguous(), BatchContext.of(real), mask, plan, Workspace())
+    assert_reductions_are_brute_force(got, many, real, relative, plan, dict(rtol=1e-12, atol=1e-9))
 
 
 def test_without_a_c_compiler_the_capture_warns_once_and_runs_the_blocks(monkeypatch, tmp_path):

@@ -11,15 +11,98 @@
    Over the segments with positional[k] != 0 (full windows), per row t of the window:
      pos_active[t, j] += [level > cuts[0]],  pos_sum[t, j] += a   (float; the caller zeroes them)
    Sums are accumulated in double: float32 products are exact in double. NaN compares false
-   (inactive), as in torch; it propagates into the sums. A segment is read a strip of CHUNK columns
-   at a time, all its rows, so that every accumulator of the strip stays in L1; every inner loop
-   runs over the strip's columns, so the compiler vectorises it without reassociating any sum. */
+   (inactive), as in torch; it propagates into the sums.
+
+   Order of the work: a strip of CHUNK columns at a time. Within it, each segment without
+   positional statistics row by row; the positional ones GROUP windows at a time, position by
+   position, so that a position's row of the positional tables is read and written once per group
+   rather than once per window. A strip's accumulators stay in L1; the rows AHEAD of the one being
+   read are prefetched (a strip of a row is a few cache lines, one row width apart: without it the
+   loop waits on memory). Each row's level and mask are computed once and reused by every count,
+   the bool table and the positional counts. Every inner loop runs over the strip's columns, so
+   the compiler vectorises it without reassociating any sum. */
 #include <math.h>
 #include <stdint.h>
 
 #define CHUNK 64
+#define GROUP 16
+#define AHEAD 8
 
-static inline float level_of(float x, int relative) { return relative ? fabsf(x) : x; }
+typedef struct {
+    double s[CHUNK], m[CHUNK], q[CHUNK];
+    float hi[CHUNK], lo[CHUNK];
+} Segment;
+
+typedef struct {
+    double ab[CHUNK];
+    int32_t on[CHUNK];
+} Strip;
+
+typedef struct {
+    const float *cuts;
+    int64_t n_cuts, width;
+    int relative;
+    uint8_t *active;
+} Rule;
+
+static void prefetch(const void *row, int64_t bytes, int write) {
+    for (int64_t b = 0; b < bytes; b += 64) {
+        if (write)
+            __builtin_prefetch((const char *)row + b, 1);
+        else
+            __builtin_prefetch((const char *)row + b, 0);
+    }
+}
+
+static void segment_start(Segment *g, const float *x, int64_t cw) {
+    for (int64_t j = 0; j < CHUNK; ++j) g->s[j] = g->m[j] = g->q[j] = 0.0;
+    for (int64_t j = 0; j < cw; ++j) g->hi[j] = g->lo[j] = x[j];
+}
+
+/* Fold row x (a strip of cw columns; flat row `row`, weight w = t - c) into the segment's and the
+   strip's accumulators; on[j] receives the row's mask. */
+static inline void add_row(const float *restrict x, int64_t cw, double w, int64_t row, int64_t j0,
+                           const Rule *rule, Segment *restrict g, Strip *restrict strip,
+                           int32_t (*restrict cnt)[CHUNK], uint8_t *restrict on) {
+    float level[CHUNK];
+    for (int64_t j = 0; j < cw; ++j) {
+        const double v = (double)x[j];
+        g->s[j] += v;
+        g->m[j] += w * v;
+        g->q[j] += v * v;
+        g->hi[j] = x[j] > g->hi[j] ? x[j] : g->hi[j];
+        g->lo[j] = x[j] < g->lo[j] ? x[j] : g->lo[j];
+        level[j] = fabsf(x[j]);
+        strip->ab[j] += (double)level[j];
+    }
+    if (!rule->relative)
+        for (int64_t j = 0; j < cw; ++j) level[j] = x[j];
+    const float cut = rule->cuts[0];
+    for (int64_t j = 0; j < cw; ++j) {
+        on[j] = level[j] > cut;
+        strip->on[j] += on[j];
+    }
+    for (int64_t c = 0; c + 1 < rule->n_cuts; ++c) {
+        const float other = rule->cuts[c + 1];
+        for (int64_t j = 0; j < cw; ++j) cnt[c][j] += level[j] > other;
+    }
+    if (rule->active) {
+        uint8_t *out = rule->active + row * rule->width + j0;
+        for (int64_t j = 0; j < cw; ++j) out[j] = on[j];
+    }
+}
+
+static void segment_store(const Segment *g, int64_t k, int64_t j0, int64_t cw, int64_t width, double *seg_sum,
+                          double *seg_moment, double *seg_sq, float *seg_max, float *seg_min) {
+    const int64_t at = k * width + j0;
+    for (int64_t j = 0; j < cw; ++j) {
+        seg_sum[at + j] = g->s[j];
+        seg_moment[at + j] = g->m[j];
+        seg_sq[at + j] = g->q[j];
+        seg_max[at + j] = g->hi[j];
+        seg_min[at + j] = g->lo[j];
+    }
+}
 
 void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, const int64_t *starts,
                  const int64_t *sizes, const uint8_t *positional, const float *cuts, int64_t n_cuts,
@@ -27,58 +110,63 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
                  float *restrict seg_max, float *restrict seg_min, double *restrict abs_sum,
                  int64_t *restrict counts, uint8_t *restrict active, float *restrict pos_active,
                  float *restrict pos_sum) {
-    for (int64_t k = 0; k < n_segments; ++k) {
-        const double centre = 0.5 * (double)(sizes[k] - 1);
-        for (int64_t j0 = 0; j0 < width; j0 += CHUNK) {
-            const int64_t cw = width - j0 < CHUNK ? width - j0 : CHUNK;
-            double s[CHUNK] = {0}, m[CHUNK] = {0}, q[CHUNK] = {0}, ab[CHUNK] = {0};
-            float hi[CHUNK], lo[CHUNK];
-            int32_t cnt[n_cuts][CHUNK];
-            for (int64_t c = 0; c < n_cuts; ++c)
-                for (int64_t j = 0; j < CHUNK; ++j) cnt[c][j] = 0;
-            const float *first = a + starts[k] * width + j0;
-            for (int64_t j = 0; j < cw; ++j) hi[j] = lo[j] = first[j];
-            for (int64_t t = 0; t < sizes[k]; ++t) {
-                const int64_t row = starts[k] + t;
-                const float *restrict x = a + row * width + j0;
-                const double w = (double)t - centre;
-                for (int64_t j = 0; j < cw; ++j) {
-                    const double v = (double)x[j];
-                    s[j] += v;
-                    m[j] += w * v;
-                    q[j] += v * v;
-                    ab[j] += fabs(v);
-                    hi[j] = x[j] > hi[j] ? x[j] : hi[j];
-                    lo[j] = x[j] < lo[j] ? x[j] : lo[j];
-                }
-                for (int64_t c = 0; c < n_cuts; ++c) {
-                    const float cut = cuts[c];
-                    for (int64_t j = 0; j < cw; ++j) cnt[c][j] += level_of(x[j], relative) > cut;
-                }
-                if (active) {
-                    uint8_t *out = active + row * width + j0;
-                    for (int64_t j = 0; j < cw; ++j) out[j] = level_of(x[j], relative) > cuts[0];
-                }
-                if (positional[k]) {
-                    float *pa = pos_active + t * width + j0, *ps = pos_sum + t * width + j0;
+    const Rule rule = {cuts, n_cuts, width, relative, active};
+    int64_t windows[n_segments > 0 ? n_segments : 1], n_windows = 0;
+    for (int64_t k = 0; k < n_segments; ++k)
+        if (positional[k]) windows[n_windows++] = k;
+    const int64_t length = n_windows ? sizes[windows[0]] : 0;
+    const double window_centre = 0.5 * (double)(length - 1);
+    for (int64_t j0 = 0; j0 < width; j0 += CHUNK) {
+        const int64_t cw = width - j0 < CHUNK ? width - j0 : CHUNK;
+        Strip strip = {{0}, {0}};
+        int32_t cnt[n_cuts > 1 ? n_cuts - 1 : 1][CHUNK];
+        uint8_t on[CHUNK];
+        for (int64_t c = 0; c + 1 < n_cuts; ++c)
+            for (int64_t j = 0; j < CHUNK; ++j) cnt[c][j] = 0;
+        for (int64_t k = 0; k < n_segments; ++k) {
+            if (positional[k]) continue;
+            const double centre = 0.5 * (double)(sizes[k] - 1);
+            const float *x = a + starts[k] * width + j0;
+            Segment g;
+            segment_start(&g, x, cw);
+            for (int64_t t = 0; t < sizes[k]; ++t, x += width) {
+                if (t + AHEAD < sizes[k]) prefetch(x + AHEAD * width, cw * 4, 0);
+                add_row(x, cw, (double)t - centre, starts[k] + t, j0, &rule, &g, &strip, cnt, on);
+            }
+            segment_store(&g, k, j0, cw, width, seg_sum, seg_moment, seg_sq, seg_max, seg_min);
+        }
+        for (int64_t g0 = 0; g0 < n_windows; g0 += GROUP) {
+            const int64_t n_group = n_windows - g0 < GROUP ? n_windows - g0 : GROUP;
+            Segment group[GROUP];
+            for (int64_t i = 0; i < n_group; ++i) segment_start(&group[i], a + starts[windows[g0 + i]] * width + j0, cw);
+            for (int64_t t = 0; t < length; ++t) {
+                float pa[CHUNK] = {0}, ps[CHUNK] = {0};
+                for (int64_t i = 0; i < n_group; ++i) {
+                    const int64_t row = starts[windows[g0 + i]] + t;
+                    const float *x = a + row * width + j0;
+                    if (t + AHEAD < length) prefetch(x + AHEAD * width, cw * 4, 0);
+                    if (active && t + AHEAD < length) prefetch(active + (row + AHEAD) * width + j0, cw, 1);
+                    add_row(x, cw, (double)t - window_centre, row, j0, &rule, &group[i], &strip, cnt, on);
                     for (int64_t j = 0; j < cw; ++j) {
-                        pa[j] += level_of(x[j], relative) > cuts[0];
+                        pa[j] += (float)on[j];
                         ps[j] += x[j];
                     }
                 }
+                float *restrict out_a = pos_active + t * width + j0, *restrict out_s = pos_sum + t * width + j0;
+                for (int64_t j = 0; j < cw; ++j) {
+                    out_a[j] += pa[j];
+                    out_s[j] += ps[j];
+                }
             }
-            const int64_t at = k * width + j0;
-            for (int64_t j = 0; j < cw; ++j) {
-                seg_sum[at + j] = s[j];
-                seg_moment[at + j] = m[j];
-                seg_sq[at + j] = q[j];
-                seg_max[at + j] = hi[j];
-                seg_min[at + j] = lo[j];
-                abs_sum[j0 + j] += ab[j];
-            }
-            for (int64_t c = 0; c < n_cuts; ++c)
-                for (int64_t j = 0; j < cw; ++j) counts[c * width + j0 + j] += cnt[c][j];
+            for (int64_t i = 0; i < n_group; ++i)
+                segment_store(&group[i], windows[g0 + i], j0, cw, width, seg_sum, seg_moment, seg_sq, seg_max, seg_min);
         }
+        for (int64_t j = 0; j < cw; ++j) {
+            abs_sum[j0 + j] += strip.ab[j];
+            counts[j0 + j] += strip.on[j];
+        }
+        for (int64_t c = 0; c + 1 < n_cuts; ++c)
+            for (int64_t j = 0; j < cw; ++j) counts[(c + 1) * width + j0 + j] += cnt[c][j];
     }
 }
 
@@ -88,8 +176,9 @@ void column_square_sums(const float *restrict a, int64_t n, int64_t width, doubl
     for (int64_t j0 = 0; j0 < width; j0 += CHUNK) {
         const int64_t cw = width - j0 < CHUNK ? width - j0 : CHUNK;
         double q[CHUNK] = {0};
-        for (int64_t t = 0; t < n; ++t) {
-            const float *restrict x = a + t * width + j0;
+        const float *x = a + j0;
+        for (int64_t t = 0; t < n; ++t, x += width) {
+            if (t + AHEAD < n) prefetch(x + AHEAD * width, cw * 4, 0);
             for (int64_t j = 0; j < cw; ++j) q[j] += (double)x[j] * (double)x[j];
         }
         for (int64_t j = 0; j < cw; ++j) out[j0 + j] = q[j];
