@@ -181,12 +181,20 @@ def feed_layout(ids: torch.Tensor, mask: torch.Tensor, acts: torch.Tensor, batch
     return collector.result()
 
 
+@pytest.mark.parametrize("adder", ["C loop", "tensor ops"])
 @pytest.mark.parametrize("width", [3, 8])
-def test_count_tiers_promote_rows_and_keep_counts_exact(width):
+def test_count_tiers_promote_rows_and_keep_counts_exact(width, adder, monkeypatch):
     """Token 7 (≈ 40,000 occurrences) jumps straight to the int16 tier and is promoted to int32
     past 32,767; token 3 (300) is promoted from uint8 to int16 mid-stream; neuron 0 is always
-    active, so its counts must reach the occurrence counts without overflow (width 8: every
-    tier's rows are added in packed int64 lanes, :func:`~neuronbench.capture.tokens.packed`)."""
+    active, so its counts must reach the occurrence counts without overflow. Rows are added by
+    the C loop (the CPU default; :func:`~neuronbench.capture.native.add_token_rows`) or by the
+    tensor ops of a GPU (width 8: in packed int64 lanes, :func:`~neuronbench.capture.tokens.packed`)."""
+    from neuronbench.capture import native
+
+    if adder == "tensor ops":
+        monkeypatch.setattr(native, "add_token_rows", lambda *args: False)
+    elif native.library() is None and os.environ.get("CI") != "true":
+        pytest.skip(f"no C loop on this machine ({native.UNAVAILABLE})")
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(10, 60, (500, 100), generator=generator)
     ids[torch.rand(ids.shape, generator=generator) < 0.8] = 7

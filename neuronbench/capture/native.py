@@ -91,7 +91,9 @@ def library() -> ctypes.CDLL | None:
                       "using the slower tensor blocks (neuronbench.capture.blocks)", RuntimeWarning, stacklevel=2)
         return None
     lib.reduce_rows.restype = None
-    lib.reduce_rows.argtypes = [_P, _I, _I, _P, _P, _P, _P, _I, ctypes.c_int, *([_P] * 10)]
+    lib.reduce_rows.argtypes = [_P, _I, _I, _P, _P, _P, _P, _I, ctypes.c_int, *([_P] * 14)]
+    lib.add_token_rows.restype = None
+    lib.add_token_rows.argtypes = [_P, _I, _P, _P, _I, _P, _I]
     lib.column_square_sums.restype = None
     lib.column_square_sums.argtypes = [_P, _I, _I, _P]
     _LIBRARY.append(lib)
@@ -113,6 +115,21 @@ def square_sums(flat: torch.Tensor) -> torch.Tensor | None:
     return out
 
 
+def add_token_rows(table: torch.Tensor, slots: torch.Tensor, active: torch.Tensor,
+                   positions: torch.Tensor | None) -> bool:
+    """``table[slots[i]] += active[positions[i]]`` (``active [n, W]`` bool, rows ``positions``, all
+    when ``None``; ``table`` a contiguous integer count tier) by the C loop; ``False`` (nothing done)
+    off the CPU, without the library, or for tensors it does not take (not contiguous, not bool / int64)."""
+    lib = library() if table.device.type == "cpu" else None
+    plain = active.dtype == torch.bool and active.is_contiguous() and table.is_contiguous() and all(
+        index.dtype == torch.int64 and index.is_contiguous() for index in (slots, positions) if index is not None)
+    if lib is None or not plain:
+        return False
+    lib.add_token_rows(active.data_ptr(), active.shape[1], _pointer(positions), slots.data_ptr(), slots.numel(),
+                       table.data_ptr(), table.element_size())
+    return True
+
+
 def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan,
                  workspace: Workspace) -> Reductions:
     """:func:`neuronbench.capture.blocks.reduce_layer` by one C loop over ``flat [n_real, W]``
@@ -120,35 +137,33 @@ def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan
     lib = library() if flat.device.type == "cpu" else None
     if lib is None:
         return blocks.reduce_layer(flat, batch, mask, plan, workspace)
-    (n, width), length, segments = flat.shape, batch.real.shape[1], batch.segments
+    (n, width), length, table = flat.shape, batch.real.shape[1], batch.segment_table
     others = [tau for tau in plan.sweep if tau != plan.threshold]
     cuts = torch.tensor([mask.cut(tau) for tau in (plan.threshold, *others)], dtype=torch.float32)
-    positional = [i for i, (_, _, whole) in enumerate(segments) if whole] if plan.windowed else []
-    starts = torch.tensor([start for start, _, _ in segments], dtype=torch.int64)
-    sizes = torch.tensor([size for _, size, _ in segments], dtype=torch.int64)
-    keep = torch.zeros(len(segments), dtype=torch.uint8)
-    keep[positional] = 1
-    f64, f32, k = torch.float64, torch.float32, len(segments)
-    seg_sum, seg_moment, seg_sq = (torch.empty(k, width, dtype=f64) for _ in range(3))
-    seg_max, seg_min = torch.empty(k, width, dtype=f32), torch.empty(k, width, dtype=f32)
-    abs_sum = torch.zeros(width, dtype=f64)
-    counts = torch.zeros(len(cuts), width, dtype=torch.int64)
+    positional = plan.windowed and table.full_index.numel() > 0
+    keep = table.full if plan.windowed else torch.zeros_like(table.full)
+    k = table.starts.numel()
+    doubles = torch.empty(3 * k + 3, width, dtype=torch.float64)
+    floats = torch.empty(2 * k + 2 + (2 * length if positional else 0), width, dtype=torch.float32)
+    seg_sum, seg_moment, seg_centred = doubles[:k], doubles[k:2 * k], doubles[2 * k:3 * k]
+    total, total_sq, abs_sum = doubles[3 * k:].unbind()
+    seg_max, seg_min, (high, low) = floats[:k], floats[k:2 * k], floats[2 * k:2 * k + 2].unbind()
+    counts = torch.empty(len(cuts), width, dtype=torch.int64)
     active = workspace.buffer("active", (n, width), flat.device, torch.bool) if plan.active else None
     position_active = position_sum = None
     if positional:
-        position_active, position_sum = torch.zeros(length, width, dtype=f32), torch.zeros(length, width, dtype=f32)
-    lib.reduce_rows(flat.data_ptr(), width, k, starts.data_ptr(), sizes.data_ptr(), keep.data_ptr(), cuts.data_ptr(),
-                    len(cuts), int(mask.relative), seg_sum.data_ptr(), seg_moment.data_ptr(), seg_sq.data_ptr(),
-                    seg_max.data_ptr(), seg_min.data_ptr(), abs_sum.data_ptr(), counts.data_ptr(), _pointer(active),
-                    _pointer(position_active), _pointer(position_sum))
-    centred_sq = (seg_sq - seg_sum.square() / sizes.view(k, 1)).clamp_min(0.0)
+        position_active, position_sum = floats[2 * k + 2:].view(2, length, width).unbind()
+    lib.reduce_rows(flat.data_ptr(), width, k, table.starts.data_ptr(), table.sizes.data_ptr(), keep.data_ptr(),
+                    cuts.data_ptr(), len(cuts), int(mask.relative), *(_pointer(t) for t in (
+                        seg_sum, seg_moment, seg_centred, seg_max, seg_min, total, total_sq, high, low, abs_sum,
+                        counts, active, position_active, position_sum)))
     windows = None
     if positional:
-        index = torch.tensor(positional, dtype=torch.int64)
-        windows = WindowMoments(seg_sum[index], seg_moment[index], centred_sq[index], seg_max[index],
-                                seg_min[index], length)
+        full = (seg_sum, seg_moment, seg_centred, seg_max, seg_min)
+        if table.full_index.numel() < k:  # padded windows among them
+            full = tuple(values[table.full_index] for values in full)
+        windows = WindowMoments(*full, length)
     at_tau, rest = counts[0], iter(counts[1:])
     sweep = torch.stack([at_tau if tau == plan.threshold else next(rest) for tau in plan.sweep]) if plan.sweep else None
-    return Reductions(counts=at_tau, sweep=sweep, abs_sum=abs_sum, total=seg_sum.sum(0), total_sq=seg_sq.sum(0),
-                      max=seg_max.amax(0), min=seg_min.amin(0), active=active, windows=windows,
-                      position_active=position_active, position_sum=position_sum)
+    return Reductions(counts=at_tau, sweep=sweep, abs_sum=abs_sum, total=total, total_sq=total_sq, max=high, min=low,
+                      active=active, windows=windows, position_active=position_active, position_sum=position_sum)

@@ -2,14 +2,17 @@
 
    a: float32 rows [n, W], row-major; the segments (a window's real rows) are rows
    starts[k] .. starts[k] + sizes[k] - 1.  Per segment k and column j (t = row within the segment,
-   c = (sizes[k] - 1) / 2):
-     seg_sum[k, j] = sum_t a,  seg_moment[k, j] = sum_t (t - c) a,  seg_sq[k, j] = sum_t a^2   (double)
-     seg_max[k, j], seg_min[k, j]                                                              (float)
-   Over every row (added to the caller's totals):
-     abs_sum[j] += |a|;  counts[s, j] += [level > cuts[s]]  with level = |a| if relative else a
+   c = (sizes[k] - 1) / 2), in double:
+     seg_sum[k, j] = S = sum_t a,  seg_moment[k, j] = sum_t (t - c) a,
+     seg_centred[k, j] = max(Q - S^2 / sizes[k], 0)  with Q = sum_t a^2  (= sum_t (a - mean)^2)
+   and in float seg_max[k, j], seg_min[k, j]. Over every row:
+     total[j] = sum a,  total_sq[j] = sum a^2,  abs_sum[j] = sum |a|                    (double)
+     max[j], min[j]                                                                     (float)
+     counts[s, j] = #[level > cuts[s]]  with level = |a| if relative else a             (int64)
      active[row, j] = [level > cuts[0]]                               (when active is not NULL)
    Over the segments with positional[k] != 0 (full windows), per row t of the window:
-     pos_active[t, j] += [level > cuts[0]],  pos_sum[t, j] += a   (float; the caller zeroes them)
+     pos_active[t, j] = sum over windows [level > cuts[0]],  pos_sum[t, j] = sum over windows a  (float)
+   Every output is written, none read: the caller need not zero them (n_segments >= 1).
    Sums are accumulated in double: float32 products are exact in double. NaN compares false
    (inactive), as in torch; it propagates into the sums.
 
@@ -34,7 +37,8 @@ typedef struct {
 } Segment;
 
 typedef struct {
-    double ab[CHUNK];
+    double ab[CHUNK], s[CHUNK], q[CHUNK];
+    float hi[CHUNK], lo[CHUNK];
     int32_t on[CHUNK];
 } Strip;
 
@@ -92,24 +96,33 @@ static inline void add_row(const float *restrict x, int64_t cw, double w, int64_
     }
 }
 
-static void segment_store(const Segment *g, int64_t k, int64_t j0, int64_t cw, int64_t width, double *seg_sum,
-                          double *seg_moment, double *seg_sq, float *seg_max, float *seg_min) {
+/* Write segment k's sums (the centred squares from Q and S) and fold them into the strip's totals. */
+static void segment_store(const Segment *g, int64_t k, int64_t size, int64_t j0, int64_t cw, int64_t width,
+                          Strip *strip, double *seg_sum, double *seg_moment, double *seg_centred, float *seg_max,
+                          float *seg_min) {
     const int64_t at = k * width + j0;
+    const double rows = (double)size;
     for (int64_t j = 0; j < cw; ++j) {
+        const double centred = g->q[j] - g->s[j] * g->s[j] / rows;
         seg_sum[at + j] = g->s[j];
         seg_moment[at + j] = g->m[j];
-        seg_sq[at + j] = g->q[j];
+        seg_centred[at + j] = centred < 0.0 ? 0.0 : centred;
         seg_max[at + j] = g->hi[j];
         seg_min[at + j] = g->lo[j];
+        strip->s[j] += g->s[j];
+        strip->q[j] += g->q[j];
+        strip->hi[j] = g->hi[j] > strip->hi[j] ? g->hi[j] : strip->hi[j];
+        strip->lo[j] = g->lo[j] < strip->lo[j] ? g->lo[j] : strip->lo[j];
     }
 }
 
 void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, const int64_t *starts,
                  const int64_t *sizes, const uint8_t *positional, const float *cuts, int64_t n_cuts,
-                 int relative, double *restrict seg_sum, double *restrict seg_moment, double *restrict seg_sq,
-                 float *restrict seg_max, float *restrict seg_min, double *restrict abs_sum,
-                 int64_t *restrict counts, uint8_t *restrict active, float *restrict pos_active,
-                 float *restrict pos_sum) {
+                 int relative, double *restrict seg_sum, double *restrict seg_moment,
+                 double *restrict seg_centred, float *restrict seg_max, float *restrict seg_min,
+                 double *restrict total, double *restrict total_sq, float *restrict max, float *restrict min,
+                 double *restrict abs_sum, int64_t *restrict counts, uint8_t *restrict active,
+                 float *restrict pos_active, float *restrict pos_sum) {
     const Rule rule = {cuts, n_cuts, width, relative, active};
     int64_t windows[n_segments > 0 ? n_segments : 1], n_windows = 0;
     for (int64_t k = 0; k < n_segments; ++k)
@@ -118,7 +131,8 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
     const double window_centre = 0.5 * (double)(length - 1);
     for (int64_t j0 = 0; j0 < width; j0 += CHUNK) {
         const int64_t cw = width - j0 < CHUNK ? width - j0 : CHUNK;
-        Strip strip = {{0}, {0}};
+        Strip strip = {{0}, {0}, {0}, {0}, {0}, {0}};
+        for (int64_t j = 0; j < cw; ++j) strip.hi[j] = strip.lo[j] = a[starts[0] * width + j0 + j];
         int32_t cnt[n_cuts > 1 ? n_cuts - 1 : 1][CHUNK];
         uint8_t on[CHUNK];
         for (int64_t c = 0; c + 1 < n_cuts; ++c)
@@ -133,7 +147,7 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
                 if (t + AHEAD < sizes[k]) prefetch(x + AHEAD * width, cw * 4, 0);
                 add_row(x, cw, (double)t - centre, starts[k] + t, j0, &rule, &g, &strip, cnt, on);
             }
-            segment_store(&g, k, j0, cw, width, seg_sum, seg_moment, seg_sq, seg_max, seg_min);
+            segment_store(&g, k, sizes[k], j0, cw, width, &strip, seg_sum, seg_moment, seg_centred, seg_max, seg_min);
         }
         for (int64_t g0 = 0; g0 < n_windows; g0 += GROUP) {
             const int64_t n_group = n_windows - g0 < GROUP ? n_windows - g0 : GROUP;
@@ -153,20 +167,31 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
                     }
                 }
                 float *restrict out_a = pos_active + t * width + j0, *restrict out_s = pos_sum + t * width + j0;
-                for (int64_t j = 0; j < cw; ++j) {
-                    out_a[j] += pa[j];
-                    out_s[j] += ps[j];
-                }
+                if (g0 == 0)
+                    for (int64_t j = 0; j < cw; ++j) {
+                        out_a[j] = pa[j];
+                        out_s[j] = ps[j];
+                    }
+                else
+                    for (int64_t j = 0; j < cw; ++j) {
+                        out_a[j] += pa[j];
+                        out_s[j] += ps[j];
+                    }
             }
             for (int64_t i = 0; i < n_group; ++i)
-                segment_store(&group[i], windows[g0 + i], j0, cw, width, seg_sum, seg_moment, seg_sq, seg_max, seg_min);
+                segment_store(&group[i], windows[g0 + i], length, j0, cw, width, &strip, seg_sum, seg_moment,
+                              seg_centred, seg_max, seg_min);
         }
         for (int64_t j = 0; j < cw; ++j) {
-            abs_sum[j0 + j] += strip.ab[j];
-            counts[j0 + j] += strip.on[j];
+            abs_sum[j0 + j] = strip.ab[j];
+            total[j0 + j] = strip.s[j];
+            total_sq[j0 + j] = strip.q[j];
+            max[j0 + j] = strip.hi[j];
+            min[j0 + j] = strip.lo[j];
+            counts[j0 + j] = strip.on[j];
         }
         for (int64_t c = 0; c + 1 < n_cuts; ++c)
-            for (int64_t j = 0; j < cw; ++j) counts[(c + 1) * width + j0 + j] += cnt[c][j];
+            for (int64_t j = 0; j < cw; ++j) counts[(c + 1) * width + j0 + j] = cnt[c][j];
     }
 }
 
@@ -182,5 +207,26 @@ void column_square_sums(const float *restrict a, int64_t n, int64_t width, doubl
             for (int64_t j = 0; j < cw; ++j) q[j] += (double)x[j] * (double)x[j];
         }
         for (int64_t j = 0; j < cw; ++j) out[j0 + j] = q[j];
+    }
+}
+
+/* The per-token count table's update (neuronbench.capture.tokens): for each of n kept positions i,
+   table[slots[i], j] += active[p, j] with p = positions[i] (p = i when positions is NULL), j < width;
+   table rows of element_size bytes per count (1: uint8, 2: int16, 4: int32, 8: int64). Exact as
+   long as no count passes its tier's range, which the tiers guarantee. */
+#define ADD_ROWS(type)                                                                  \
+    for (int64_t i = 0; i < n; ++i) {                                                   \
+        const uint8_t *restrict src = active + (positions ? positions[i] : i) * width;  \
+        type *restrict dst = (type *)table + slots[i] * width;                          \
+        for (int64_t j = 0; j < width; ++j) dst[j] += (type)src[j];                     \
+    }
+
+void add_token_rows(const uint8_t *restrict active, int64_t width, const int64_t *positions, const int64_t *slots,
+                    int64_t n, void *table, int64_t element_size) {
+    switch (element_size) {
+    case 1: ADD_ROWS(uint8_t); break;
+    case 2: ADD_ROWS(int16_t); break;
+    case 4: ADD_ROWS(int32_t); break;
+    default: ADD_ROWS(int64_t); break;
     }
 }

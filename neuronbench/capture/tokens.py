@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from neuronbench.capture import native
 from neuronbench.capture.batch import BatchContext, LayerBatch
 
 COUNT_TIERS: tuple[tuple[torch.dtype, int], ...] = (
@@ -147,10 +148,13 @@ class TokenCountTable:
         self.tiers[tier] = grown
 
     def add(self, parts: Sequence[TierPart], active: torch.Tensor) -> None:
-        """Add the rows of ``active [n, W]`` (bool) to the count rows named by ``parts``, in packed
-        lanes (:func:`packed`): one int64 addition adds 8 uint8 (4 int16, 2 int32) counts."""
+        """Add the rows of ``active [n, W]`` (bool) to the count rows named by ``parts``: on a CPU by
+        the C loop (:func:`neuronbench.capture.native.add_token_rows`), else in packed lanes
+        (:func:`packed`): one int64 addition adds 8 uint8 (4 int16, 2 int32) counts."""
         for part in parts:
             table = self.tiers[part.tier]
+            if native.add_token_rows(table, part.slots, active, part.positions):
+                continue
             rows = (active if part.positions is None else active.index_select(0, part.positions)).view(torch.uint8)
             rows = rows if table.dtype == torch.uint8 else rows.to(table.dtype)
             packed(table).index_put_((part.slots,), packed(rows), accumulate=True)
