@@ -29,7 +29,7 @@ module                 arrays (per layer unless said)
 
 :mod:`.batch` holds what a batch and a layer's batch share; :mod:`.native` computes every
 per-batch reduction of a layer in one read of its activations by a small C loop (the CPU
-default, compiled on first use); :mod:`.blocks` computes the same with tensor operations over
+default, compiled on first use; the same library adds the per-token count rows); :mod:`.blocks` computes the same with tensor operations over
 cache-sized blocks (a GPU, or a CPU without a C compiler; the activity mask ``a > τ`` once per
 block, for every statistic); :mod:`.compiled` the same with ``torch.compile``; :mod:`.layer` routes a layer's tensors to its statistics, :mod:`.collector`
 registers the hooks and runs the pass, :mod:`.statistics` is the result. A new statistic is one

@@ -6,7 +6,7 @@ batch: the layer's activations and their :class:`~neuronbench.capture.blocks.Red
 per-batch reduction that the requested statistics read (the activity mask of
 :mod:`neuronbench.activation` applied once, the counts, sums, extremes, per-window sufficient
 statistics :class:`WindowMoments`, per-position sums), computed from one read of the activations
-(:mod:`.blocks`).
+(:mod:`.native` on a CPU, :mod:`.blocks` on a GPU).
 
 Cost rules (CPU and GPU alike): no float64 copy of a ``[tokens, W]`` tensor; every reduction runs
 in float32 (or as a matmul) and only its results are accumulated in float64 / int64; counts are

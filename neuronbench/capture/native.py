@@ -5,9 +5,11 @@ The eager :func:`neuronbench.capture.blocks.reduce_layer` reads a cached block o
 reduction: about 25 tensor operations a block, each a pass over the block and a dispatch. The C
 loop reads each activation once and updates every accumulator the :class:`~neuronbench.capture.blocks.Plan`
 asks for while it is in a register: per segment (a window's real rows) ``Σ a``, ``Σ (t − c) a``
-(``c = (size − 1)/2``), ``Σ a²`` (double) and the extremes; over the batch ``Σ |a|`` (double) and the
-counts at τ and at every τ_s of the sweep (int64, exact); the bool table; per position of the full
-windows the active counts and ``Σ a`` (float32, as :mod:`.blocks`). Sums of float32 values and
+(``c = (size − 1)/2``), ``Σ a²`` (double) and the extremes; over the batch ``Σ a``, ``Σ a²``, ``Σ |a|``
+(double), the extremes and the counts at τ and at every τ_s of the sweep (int64, exact); the bool
+table; per position of the full windows the active counts and ``Σ a`` (float32, as :mod:`.blocks`).
+Every output is written by the loop (no zero-filled buffers: two allocations per layer and batch).
+:func:`add_token_rows` adds mask rows into the per-token count table (:mod:`.tokens`). Sums of float32 values and
 of their products accumulate in double, so they are more exact than the blocks' float32 partial
 sums (the exactness tests compare both with float64 brute force; counts are identical). The
 :class:`~neuronbench.capture.blocks.Reductions` it returns are those of :mod:`.blocks`, formula
