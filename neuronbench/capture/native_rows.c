@@ -144,7 +144,10 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
             Segment g;
             segment_start(&g, x, cw);
             for (int64_t t = 0; t < sizes[k]; ++t, x += width) {
-                if (t + AHEAD < sizes[k]) prefetch(x + AHEAD * width, cw * 4, 0);
+                if (t + AHEAD < sizes[k]) {
+                    prefetch(x + AHEAD * width, cw * 4, 0);
+                    if (active) prefetch(active + (starts[k] + t + AHEAD) * width + j0, cw, 1);
+                }
                 add_row(x, cw, (double)t - centre, starts[k] + t, j0, &rule, &g, &strip, cnt, on);
             }
             segment_store(&g, k, sizes[k], j0, cw, width, &strip, seg_sum, seg_moment, seg_centred, seg_max, seg_min);
