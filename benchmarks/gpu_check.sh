@@ -24,8 +24,8 @@ step() {  # step NAME SECONDS COMMAND...
 
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { echo "no CUDA device: nothing to check"; exit 1; }
 step capture-equals-cpu 60 python benchmarks/gpu_check.py capture
-step bench-fp32 110 python benchmarks/bench_capture.py --device cuda --dtype float32
-step bench-bf16 110 python benchmarks/bench_capture.py --device cuda --dtype bfloat16
+step bench-fp32 110 python benchmarks/bench_capture.py --device cuda --dtype float32 --shapes gpt2-small mamba-130m
+step bench-bf16 110 python benchmarks/bench_capture.py --device cuda --dtype bfloat16 --shapes gpt2-small mamba-130m
 step oom-backoff 60 python benchmarks/gpu_check.py oom
 step suite-cuda 120 python -m pytest suite --device cuda --no-cache --out "$logs/suite" -p no:cacheprovider -q
 
