@@ -25,17 +25,13 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
 * **Own share.** For neuronbench's passes, the median over pairs of the CPU time spent inside the
   collector (hooks' statistics, batch setup, result; :class:`OwnTime`) over the pair's plain
   forward: the capture's own cost. ``ratio − 1 − own share`` is what the forward pass itself took
-  longer (or shorter) beside it; on a CPU that part is mostly the allocator: a plain GPT-2-small
-  forward of 4096 tokens spends 0.5–4.5 s of its 12–17 s in page faults (200k to 1.9M minor
-  faults, depending on the heap that the previous pass left behind), so ratios scatter by ±10 %
-  whatever runs beside the forward, and beside the capture's statistics the forward faults more
-  (1.0–1.6M; the collector's own allocations change which freed memory glibc hands back to the
-  forward's next tensors). PyTorch's own switch ``THP_MEM_ALLOC_ENABLE=1`` (allocations of 2 MiB
-  and more on transparent huge pages) makes the two forwards fault alike (74k against 86k minor
-  faults, most of them the collector's own); the table's first line names the allocator settings
-  it was measured under. ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=4294967296``
-  (glibc keeps freed memory instead of returning it) brings the plain forward to 200k faults but
-  leaves the capture's at 0.5–0.8M.
+  longer (or shorter) beside it. On a CPU that part used to be glibc's: a GPT-2-small forward of
+  4096 tokens makes about 108 temporaries of 48 MiB, above glibc's largest dynamic mmap threshold
+  (32 MiB), each mapped afresh (12,288 page faults apiece) unless a free heap chunk that large was
+  left by the previous pass: 0.2–1.0M minor faults plain, 1.0–1.6M beside the capture, 2–4 s of a
+  13–17 s forward. :func:`neuronbench.allocator.retain_freed_memory`, which ``load_model`` calls
+  for a CPU, keeps them in the heap (both forwards fault 201k, the logits); the table's first line
+  says what it did. ``NEURONBENCH_MALLOC=default`` keeps glibc's defaults, to measure that.
 * **Threads.** ``--threads`` (default 1: one thread, as in issue 10's measurements; CPU time of a
   multi-threaded pass on a shared machine also counts the OpenMP threads' spin-waiting).
 * **Memory** (``--memory``): peak extra resident memory of each method at two token counts per
@@ -65,6 +61,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from neuronbench.allocator import retain_freed_memory
 from neuronbench.capture import CaptureConfig, batches, capture_statistics
 from neuronbench.capture.collector import StatisticsCollector
 from neuronbench.capture.config import DEFAULT_SWEEP
@@ -295,14 +292,15 @@ def peak_extra_mib(model_dir: str, method: str, n_windows: int, window: int, arg
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_mib"]
 
 
-ALLOCATOR_VARIABLES = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")
+ALLOCATOR_VARIABLES = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES", "NEURONBENCH_MALLOC")
 """The environment variables that change the forward pass's page faults (see *Own share*)."""
 
 
 def allocator_environment() -> str:
-    """The allocator settings a table was measured under, e.g. ``THP_MEM_ALLOC_ENABLE=1``."""
+    """The allocator settings a table was measured under, e.g. ``mallopt: mmap 256 MiB, trim 1024
+    MiB; THP_MEM_ALLOC_ENABLE=1``."""
     chosen = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if name in os.environ]
-    return ", ".join(chosen) or "default (no THP_MEM_ALLOC_ENABLE, no GLIBC_TUNABLES)"
+    return "; ".join([retain_freed_memory(), *chosen])
 
 
 def table(args: argparse.Namespace) -> list[str]:
@@ -371,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
 # -- pytest-benchmark: memory stays flat in tokens on the built-in models -----------------------
 PEAK_SCRIPT = textwrap.dedent("""
     import json, resource, sys, torch
-    from neuronbench.capture import CaptureConfig, capture_statistics
+    from neuronbench.allocator import retain_freed_memory
+from neuronbench.capture import CaptureConfig, capture_statistics
     from neuronbench.models import load_model
     sys.path.insert(0, "benchmarks")
     from bench_capture import synthetic_windows

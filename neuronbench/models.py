@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from neuronbench.allocator import retain_freed_memory
 from neuronbench.adapters import ArchitectureAdapter, adapter_for, require_supported
 from neuronbench.errors import ConfigError, ModelLoadError, NeuronbenchError, UnknownModelError
 from neuronbench.hub import hub_offline
@@ -274,6 +275,8 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None) -
     source = resolve_model(name)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    if torch_device.type == "cpu":
+        retain_freed_memory()
     if source.kind == "hub":
         model, tokenizer = _load_hub(source, torch_dtype)
     else:
