@@ -397,6 +397,44 @@ def test_native_reductions_equal_brute_force_and_the_blocks(relative):
     assert_reductions_are_brute_force(got, many, real, relative, plan, dict(rtol=1e-12, atol=1e-9))
 
 
+def test_native_transposed_copy_and_log_delta_moments_equal_torch(monkeypatch):
+    """The C loop's tiled copy of a transposed batch (Mamba's scan output, sliced too) is torch's
+    copy, bit for bit; the Δ moments it reduces in double are the float64 brute force's, and the
+    float32 tensor reductions (off the CPU) agree with both within float32 rounding."""
+    from neuronbench.capture import native
+    from neuronbench.capture.batch import BatchContext, Workspace
+    from neuronbench.capture.ssm import DeltaMoments
+
+    if native.library() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the C reduction is required under CI=true: {native.UNAVAILABLE}")
+        pytest.skip(f"no C reduction on this machine ({native.UNAVAILABLE}); CI installs a compiler")
+    generator = torch.Generator().manual_seed(11)
+    for scan in (torch.randn(3, 70, 33, generator=generator), torch.randn(2, 40, 90, generator=generator)[:, :, 5:71]):
+        acts = scan.transpose(1, 2)
+        assert torch.equal(native.copy_rows(acts, torch.empty(acts.shape)), acts.contiguous())
+
+    delta = torch.nn.functional.softplus(torch.randn(3, 50, 70, generator=generator) * 3)
+    real = torch.ones(3, 50, dtype=torch.bool)
+    real[1, 30:] = False
+    log_delta = delta[real].log().double()  # log Δ in float32, as the capture takes it
+
+    def fold() -> dict[str, np.ndarray]:
+        moments = DeltaMoments(torch.device("cpu"))
+        for batch in (slice(0, 2), slice(2, 3)):
+            moments.update(delta[batch], BatchContext.of(real[batch]), Workspace())
+        return moments.arrays()
+
+    expected = {"log_delta_sum": log_delta.sum(0), "log_delta_sum_sq": (log_delta ** 2).sum(0),
+                "log_delta_max": log_delta.amax(0), "log_delta_min": log_delta.amin(0)}
+    ours = fold()
+    monkeypatch.setattr(native, "shifted_moments", lambda *args: None)
+    tensors = fold()
+    for name, value in expected.items():
+        np.testing.assert_allclose(ours[name], value.numpy(), rtol=1e-12, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(tensors[name], value.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_without_a_c_compiler_the_capture_warns_once_and_runs_the_blocks(monkeypatch, tmp_path):
     """A compiler that fails: one warning naming it, then :mod:`.blocks` (the same reductions)."""
     from neuronbench.activation import Mask

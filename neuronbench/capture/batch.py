@@ -141,20 +141,18 @@ class BatchContext:
     def segment_table(self) -> SegmentTable:
         """:attr:`segments` as host tensors, for the C reduction (made once per batch, read by every layer)."""
         starts, sizes, whole = zip(*self.segments) if self.segments else ((), (), ())
-        full = torch.tensor(whole, dtype=torch.bool)
         return SegmentTable(starts=torch.tensor(starts, dtype=torch.int64), sizes=torch.tensor(sizes, dtype=torch.int64),
-                            full=full.to(torch.uint8), full_index=full.nonzero().flatten())
+                            full=torch.tensor(whole, dtype=torch.uint8))
 
 
 @dataclass(frozen=True)
 class SegmentTable:
     """The segments of a batch (:attr:`BatchContext.segments`) as int64 / uint8 host tensors:
-    first flat row, rows, 1 for a full window; ``full_index``: which segments are full windows."""
+    first flat row, rows, 1 for a full window."""
 
     starts: torch.Tensor
     sizes: torch.Tensor
     full: torch.Tensor
-    full_index: torch.Tensor
 
 
 @dataclass

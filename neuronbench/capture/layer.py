@@ -71,7 +71,7 @@ class LayerStatistics:
             )
         space = self.workspace
         if acts.dtype != torch.float32 or not acts.is_contiguous():  # e.g. Mamba's transposed scan output
-            acts = space.buffer("acts", acts.shape, acts.device).copy_(acts)
+            acts = native.copy_rows(acts, space.buffer("acts", acts.shape, acts.device))
         flat = batch.flat(acts)
         if self.scale is None:
             self.scale = self._first_scale(flat)

@@ -98,6 +98,10 @@ def library() -> ctypes.CDLL | None:
     lib.add_token_rows.argtypes = [_P, _I, _P, _P, _I, _P, _I]
     lib.column_square_sums.restype = None
     lib.column_square_sums.argtypes = [_P, _I, _I, _P]
+    lib.transpose_rows.restype = None
+    lib.shifted_moments.restype = None
+    lib.shifted_moments.argtypes = [_P, _I, _I, *([_P] * 5)]
+    lib.transpose_rows.argtypes = [_P, _I, _I, _I, _I, _I, _P]
     _LIBRARY.append(lib)
     return lib
 
@@ -114,6 +118,32 @@ def square_sums(flat: torch.Tensor) -> torch.Tensor | None:
         return None
     out = torch.empty(flat.shape[1], dtype=torch.float64)
     lib.column_square_sums(flat.data_ptr(), flat.shape[0], flat.shape[1], out.data_ptr())
+    return out
+
+
+def shifted_moments(x: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor | None:
+    """``[Σ (x − c), Σ (x − c)², max x, min x]`` per column of ``x [n, D]`` (float32, contiguous,
+    ``n ≥ 1``) around ``pivot [D]`` (float32), as float64 ``[4, D]``, by one C loop; ``None`` off
+    the CPU or without the library."""
+    lib = library() if x.device.type == "cpu" else None
+    if lib is None or not (x.is_contiguous() and x.dtype == pivot.dtype == torch.float32 and pivot.is_contiguous()):
+        return None
+    out = torch.empty(4, x.shape[1], dtype=torch.float64)
+    lib.shifted_moments(x.data_ptr(), x.shape[0], x.shape[1], pivot.data_ptr(), *(row.data_ptr() for row in out))
+    return out
+
+
+def copy_rows(acts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out.copy_(acts)`` for ``acts [B, T, W]`` into the contiguous ``out``. A transposed float32
+    ``acts`` on the CPU (``stride(1) == 1``: Mamba's ``out_proj`` input, the ``[B, W, T]`` scan output
+    transposed) is copied by the tiled C transpose (``transpose_rows``): torch's strided copy of a
+    ``[2, 512, 1536]`` one took 17 ms, a quarter of that layer's capture."""
+    lib = library() if acts.device.type == "cpu" else None
+    transposed = acts.dtype == out.dtype == torch.float32 and acts.dim() == 3 and acts.stride(1) == 1
+    if lib is None or not transposed or not out.is_contiguous() or out.shape != acts.shape:
+        return out.copy_(acts)
+    batches, length, width = acts.shape
+    lib.transpose_rows(acts.data_ptr(), batches, acts.stride(0), length, width, acts.stride(2), out.data_ptr())
     return out
 
 
@@ -142,29 +172,24 @@ def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan
     (n, width), length, table = flat.shape, batch.real.shape[1], batch.segment_table
     others = [tau for tau in plan.sweep if tau != plan.threshold]
     cuts = torch.tensor([mask.cut(tau) for tau in (plan.threshold, *others)], dtype=torch.float32)
-    positional = plan.windowed and table.full_index.numel() > 0
+    positional = plan.windowed and batch.n_full > 0
     keep = table.full if plan.windowed else torch.zeros_like(table.full)
-    k = table.starts.numel()
-    doubles = torch.empty(3 * k + 3, width, dtype=torch.float64)
-    floats = torch.empty(2 * k + 2 + (2 * length if positional else 0), width, dtype=torch.float32)
-    seg_sum, seg_moment, seg_centred = doubles[:k], doubles[k:2 * k], doubles[2 * k:3 * k]
-    total, total_sq, abs_sum = doubles[3 * k:].unbind()
-    seg_max, seg_min, (high, low) = floats[:k], floats[k:2 * k], floats[2 * k:2 * k + 2].unbind()
+    k, f = table.starts.numel(), batch.n_full if positional else 0
+    doubles = torch.empty(3 * f + 3, width, dtype=torch.float64)
+    floats = torch.empty(2 * f + 2 + (2 * length if positional else 0), width, dtype=torch.float32)
+    seg_sum, seg_moment, seg_centred = doubles[:f], doubles[f:2 * f], doubles[2 * f:3 * f]
+    total, total_sq, abs_sum = doubles[3 * f:].unbind()
+    seg_max, seg_min, (high, low) = floats[:f], floats[f:2 * f], floats[2 * f:2 * f + 2].unbind()
     counts = torch.empty(len(cuts), width, dtype=torch.int64)
     active = workspace.buffer("active", (n, width), flat.device, torch.bool) if plan.active else None
     position_active = position_sum = None
     if positional:
-        position_active, position_sum = floats[2 * k + 2:].view(2, length, width).unbind()
+        position_active, position_sum = floats[2 * f + 2:].view(2, length, width).unbind()
     lib.reduce_rows(flat.data_ptr(), width, k, table.starts.data_ptr(), table.sizes.data_ptr(), keep.data_ptr(),
                     cuts.data_ptr(), len(cuts), int(mask.relative), *(_pointer(t) for t in (
                         seg_sum, seg_moment, seg_centred, seg_max, seg_min, total, total_sq, high, low, abs_sum,
                         counts, active, position_active, position_sum)))
-    windows = None
-    if positional:
-        full = (seg_sum, seg_moment, seg_centred, seg_max, seg_min)
-        if table.full_index.numel() < k:  # padded windows among them
-            full = tuple(values[table.full_index] for values in full)
-        windows = WindowMoments(*full, length)
+    windows = WindowMoments(seg_sum, seg_moment, seg_centred, seg_max, seg_min, length) if positional else None
     at_tau, rest = counts[0], iter(counts[1:])
     sweep = torch.stack([at_tau if tau == plan.threshold else next(rest) for tau in plan.sweep]) if plan.sweep else None
     return Reductions(counts=at_tau, sweep=sweep, abs_sum=abs_sum, total=total, total_sq=total_sq, max=high, min=low,

@@ -1,23 +1,25 @@
 /* One read of a layer's batch for every per-batch reduction of the capture (neuronbench.capture.native).
 
    a: float32 rows [n, W], row-major; the segments (a window's real rows) are rows
-   starts[k] .. starts[k] + sizes[k] - 1.  Per segment k and column j (t = row within the segment,
-   c = (sizes[k] - 1) / 2), in double:
-     seg_sum[k, j] = S = sum_t a,  seg_moment[k, j] = sum_t (t - c) a,
-     seg_centred[k, j] = max(Q - S^2 / sizes[k], 0)  with Q = sum_t a^2  (= sum_t (a - mean)^2)
-   and in float seg_max[k, j], seg_min[k, j]. Over every row:
+   starts[k] .. starts[k] + sizes[k] - 1; those with positional[k] != 0 are the full windows (all of
+   the same length T). Per full window i (the i-th of them) and column j (t = row within the
+   window, c = (T - 1) / 2), in double:
+     seg_sum[i, j] = S = sum_t a,  seg_moment[i, j] = sum_t (t - c) a,
+     seg_centred[i, j] = max(Q - S^2 / T, 0)  with Q = sum_t a^2  (= sum_t (a - mean)^2)
+   and in float seg_max[i, j], seg_min[i, j]. Over every row:
      total[j] = sum a,  total_sq[j] = sum a^2,  abs_sum[j] = sum |a|                    (double)
      max[j], min[j]                                                                     (float)
      counts[s, j] = #[level > cuts[s]]  with level = |a| if relative else a             (int64)
      active[row, j] = [level > cuts[0]]                               (when active is not NULL)
    Over the segments with positional[k] != 0 (full windows), per row t of the window:
      pos_active[t, j] = sum over windows [level > cuts[0]],  pos_sum[t, j] = sum over windows a  (float)
-   Every output is written, none read: the caller need not zero them (n_segments >= 1).
+   Every output is written, none read: the caller need not zero them (n_segments >= 1; the seg_
+   and pos_ arrays have a row per full window and position, and are not touched without one).
    Sums are accumulated in double: float32 products are exact in double. NaN compares false
    (inactive), as in torch; it propagates into the sums.
 
    Order of the work: a strip of CHUNK columns at a time. Within it, each segment without
-   positional statistics row by row; the positional ones GROUP windows at a time, position by
+   positional statistics row by row, straight into the strip's totals; the full windows GROUP at a time, position by
    position, so that a position's row of the positional tables is read and written once per group
    rather than once per window. A strip's accumulators stay in L1; the rows AHEAD of the one being
    read are prefetched (a strip of a row is a few cache lines, one row width apart: without it the
@@ -63,8 +65,29 @@ static void segment_start(Segment *g, const float *x, int64_t cw) {
     for (int64_t j = 0; j < cw; ++j) g->hi[j] = g->lo[j] = x[j];
 }
 
-/* Fold row x (a strip of cw columns; flat row `row`, weight w = t - c) into the segment's and the
-   strip's accumulators; on[j] receives the row's mask. */
+/* The mask of row x (level = |a| when relative, else a) into on[], the strip's counts at every cut
+   and the bool table's row. */
+static inline void mask_row(const float *restrict x, const float *restrict level, int64_t cw, int64_t row,
+                            int64_t j0, const Rule *rule, Strip *restrict strip, int32_t (*restrict cnt)[CHUNK],
+                            uint8_t *restrict on) {
+    const float *restrict lv = rule->relative ? level : x;
+    const float cut = rule->cuts[0];
+    for (int64_t j = 0; j < cw; ++j) {
+        on[j] = lv[j] > cut;
+        strip->on[j] += on[j];
+    }
+    for (int64_t c = 0; c + 1 < rule->n_cuts; ++c) {
+        const float other = rule->cuts[c + 1];
+        for (int64_t j = 0; j < cw; ++j) cnt[c][j] += lv[j] > other;
+    }
+    if (rule->active) {
+        uint8_t *out = rule->active + row * rule->width + j0;
+        for (int64_t j = 0; j < cw; ++j) out[j] = on[j];
+    }
+}
+
+/* Fold row x (a strip of cw columns; flat row `row`, weight w = t - c) of a full window into its
+   segment's accumulators and the strip's; on[j] receives the row's mask. */
 static inline void add_row(const float *restrict x, int64_t cw, double w, int64_t row, int64_t j0,
                            const Rule *rule, Segment *restrict g, Strip *restrict strip,
                            int32_t (*restrict cnt)[CHUNK], uint8_t *restrict on) {
@@ -79,24 +102,27 @@ static inline void add_row(const float *restrict x, int64_t cw, double w, int64_
         level[j] = fabsf(x[j]);
         strip->ab[j] += (double)level[j];
     }
-    if (!rule->relative)
-        for (int64_t j = 0; j < cw; ++j) level[j] = x[j];
-    const float cut = rule->cuts[0];
-    for (int64_t j = 0; j < cw; ++j) {
-        on[j] = level[j] > cut;
-        strip->on[j] += on[j];
-    }
-    for (int64_t c = 0; c + 1 < rule->n_cuts; ++c) {
-        const float other = rule->cuts[c + 1];
-        for (int64_t j = 0; j < cw; ++j) cnt[c][j] += level[j] > other;
-    }
-    if (rule->active) {
-        uint8_t *out = rule->active + row * rule->width + j0;
-        for (int64_t j = 0; j < cw; ++j) out[j] = on[j];
-    }
+    mask_row(x, level, cw, row, j0, rule, strip, cnt, on);
 }
 
-/* Write segment k's sums (the centred squares from Q and S) and fold them into the strip's totals. */
+/* Fold row x of a segment without window statistics straight into the strip's totals. */
+static inline void add_flat_row(const float *restrict x, int64_t cw, int64_t row, int64_t j0, const Rule *rule,
+                                Strip *restrict strip, int32_t (*restrict cnt)[CHUNK], uint8_t *restrict on) {
+    float level[CHUNK];
+    for (int64_t j = 0; j < cw; ++j) {
+        const double v = (double)x[j];
+        strip->s[j] += v;
+        strip->q[j] += v * v;
+        strip->hi[j] = x[j] > strip->hi[j] ? x[j] : strip->hi[j];
+        strip->lo[j] = x[j] < strip->lo[j] ? x[j] : strip->lo[j];
+        level[j] = fabsf(x[j]);
+        strip->ab[j] += (double)level[j];
+    }
+    mask_row(x, level, cw, row, j0, rule, strip, cnt, on);
+}
+
+/* Write the sums of full window k (the k-th positional segment; the centred squares from Q and S)
+   and fold them into the strip's totals. */
 static void segment_store(const Segment *g, int64_t k, int64_t size, int64_t j0, int64_t cw, int64_t width,
                           Strip *strip, double *seg_sum, double *seg_moment, double *seg_centred, float *seg_max,
                           float *seg_min) {
@@ -139,18 +165,14 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
             for (int64_t j = 0; j < CHUNK; ++j) cnt[c][j] = 0;
         for (int64_t k = 0; k < n_segments; ++k) {
             if (positional[k]) continue;
-            const double centre = 0.5 * (double)(sizes[k] - 1);
             const float *x = a + starts[k] * width + j0;
-            Segment g;
-            segment_start(&g, x, cw);
             for (int64_t t = 0; t < sizes[k]; ++t, x += width) {
                 if (t + AHEAD < sizes[k]) {
                     prefetch(x + AHEAD * width, cw * 4, 0);
                     if (active) prefetch(active + (starts[k] + t + AHEAD) * width + j0, cw, 1);
                 }
-                add_row(x, cw, (double)t - centre, starts[k] + t, j0, &rule, &g, &strip, cnt, on);
+                add_flat_row(x, cw, starts[k] + t, j0, &rule, &strip, cnt, on);
             }
-            segment_store(&g, k, sizes[k], j0, cw, width, &strip, seg_sum, seg_moment, seg_centred, seg_max, seg_min);
         }
         for (int64_t g0 = 0; g0 < n_windows; g0 += GROUP) {
             const int64_t n_group = n_windows - g0 < GROUP ? n_windows - g0 : GROUP;
@@ -182,7 +204,7 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
                     }
             }
             for (int64_t i = 0; i < n_group; ++i)
-                segment_store(&group[i], windows[g0 + i], length, j0, cw, width, &strip, seg_sum, seg_moment,
+                segment_store(&group[i], g0 + i, length, j0, cw, width, &strip, seg_sum, seg_moment,
                               seg_centred, seg_max, seg_min);
         }
         for (int64_t j = 0; j < cw; ++j) {
@@ -231,5 +253,57 @@ void add_token_rows(const uint8_t *restrict active, int64_t width, const int64_t
     case 2: ADD_ROWS(int16_t); break;
     case 4: ADD_ROWS(int32_t); break;
     default: ADD_ROWS(int64_t); break;
+    }
+}
+
+/* Row-major copy of a transposed batch (Mamba's scan output): for b < batches, t < length, j < width,
+   out[(b * length + t) * width + j] = a[b * batch_stride + j * width_stride + t]  (float32).
+   Tiles of TILE x TILE, so that both the reads (along t) and the writes (along j) stay within a few
+   cache lines per tile; a strided copy element by element reads a new cache line per element. */
+#define TILE 32
+
+void transpose_rows(const float *restrict a, int64_t batches, int64_t batch_stride, int64_t length, int64_t width,
+                    int64_t width_stride, float *restrict out) {
+    for (int64_t b = 0; b < batches; ++b) {
+        const float *src = a + b * batch_stride;
+        float *dst = out + b * length * width;
+        for (int64_t j0 = 0; j0 < width; j0 += TILE) {
+            const int64_t jw = width - j0 < TILE ? width - j0 : TILE;
+            for (int64_t t0 = 0; t0 < length; t0 += TILE) {
+                const int64_t tw = length - t0 < TILE ? length - t0 : TILE;
+                for (int64_t t = t0; t < t0 + tw; ++t)
+                    for (int64_t j = j0; j < j0 + jw; ++j) dst[t * width + j] = src[j * width_stride + t];
+            }
+        }
+    }
+}
+
+/* Moments of each column of a [n, W] (float32, row-major) around a per-column pivot c, in double:
+   sum[j] = sum_t (a - c_j),  sum_sq[j] = sum_t (a - c_j)^2,  max[j], min[j] of a  (Mamba's log Δ;
+   n >= 1). A NaN or inf propagates into sum (the non-finite check); max and min skip a NaN. */
+void shifted_moments(const float *restrict a, int64_t n, int64_t width, const float *restrict pivot,
+                     double *restrict sum, double *restrict sum_sq, double *restrict max, double *restrict min) {
+    for (int64_t j0 = 0; j0 < width; j0 += CHUNK) {
+        const int64_t cw = width - j0 < CHUNK ? width - j0 : CHUNK;
+        double s[CHUNK] = {0}, q[CHUNK] = {0};
+        float hi[CHUNK], lo[CHUNK];
+        const float *x = a + j0;
+        for (int64_t j = 0; j < cw; ++j) hi[j] = lo[j] = x[j];
+        for (int64_t t = 0; t < n; ++t, x += width) {
+            if (t + AHEAD < n) prefetch(x + AHEAD * width, cw * 4, 0);
+            for (int64_t j = 0; j < cw; ++j) {
+                const double d = (double)x[j] - (double)pivot[j0 + j];
+                s[j] += d;
+                q[j] += d * d;
+                hi[j] = x[j] > hi[j] ? x[j] : hi[j];
+                lo[j] = x[j] < lo[j] ? x[j] : lo[j];
+            }
+        }
+        for (int64_t j = 0; j < cw; ++j) {
+            sum[j0 + j] = s[j];
+            sum_sq[j0 + j] = q[j];
+            max[j0 + j] = hi[j];
+            min[j0 + j] = lo[j];
+        }
     }
 }

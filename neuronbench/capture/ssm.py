@@ -8,11 +8,13 @@ array                       shape                definition
 ``log_delta_max``, ``_min`` ``[D]``              extremes of ``log Δ``
 ==========================  ===================  ==============================================
 
-``log Δ`` is taken in float32 (Δ > 0 is a softplus output). Each batch is reduced in float32
-around a per-channel pivot ``c`` (the first batch's float32 mean): ``Σ (x − c)`` and
-``Σ (x − c)²`` are small where ``x`` is near ``c``, so their float32 rounding does not swamp
-the spread that :func:`neuronbench.detectors.delta.log_delta_spread` takes from the raw sums,
-``Σ x = Σ (x − c) + n·c`` and ``Σ x² = Σ (x − c)² + 2c·Σ (x − c) + n·c²`` (float64).
+``log Δ`` is taken in float32 (Δ > 0 is a softplus output). Each batch is reduced around a
+per-channel pivot ``c`` (the first batch's float32 mean): ``Σ (x − c)`` and ``Σ (x − c)²`` are small
+where ``x`` is near ``c``, so their rounding does not swamp the spread that
+:func:`neuronbench.detectors.delta.log_delta_spread` takes from the raw sums,
+``Σ x = Σ (x − c) + n·c`` and ``Σ x² = Σ (x − c)² + 2c·Σ (x − c) + n·c²`` (float64). On a CPU one C
+loop reduces a batch (:func:`neuronbench.capture.native.shifted_moments`, accumulating in double);
+elsewhere float32 tensor reductions do.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from neuronbench.capture import native
 from neuronbench.capture.batch import BatchContext, Workspace
 
 
@@ -34,7 +37,7 @@ class DeltaMoments:
         self.totals: dict[str, torch.Tensor] = {}
 
     def update(self, delta: torch.Tensor, batch: BatchContext, workspace: Workspace) -> torch.Tensor | None:
-        """Fold ``log Δ`` of the real positions of ``delta [B, T, D]``; return the batch's float32
+        """Fold ``log Δ`` of the real positions of ``delta [B, T, D]``; return the batch's float64
         ``Σ (log Δ − c)`` (the non-finite check's checksum; ``None`` without real tokens)."""
         flat = batch.flat(delta)
         if flat.shape[0] == 0:
@@ -51,13 +54,23 @@ class DeltaMoments:
                 log_delta_min=torch.full((d,), torch.inf, dtype=torch.float64, device=dev),
             )
         self.n_tokens += log_delta.shape[0]
-        torch.maximum(a["log_delta_max"], log_delta.amax(0).double(), out=a["log_delta_max"])
-        torch.minimum(a["log_delta_min"], log_delta.amin(0).double(), out=a["log_delta_min"])
+        shifted_sum, shifted_sum_sq, high, low = self._batch_moments(log_delta)
+        torch.maximum(a["log_delta_max"], high, out=a["log_delta_max"])
+        torch.minimum(a["log_delta_min"], low, out=a["log_delta_min"])
+        a["shifted_sum"] += shifted_sum
+        a["shifted_sum_sq"] += shifted_sum_sq
+        return shifted_sum
+
+    def _batch_moments(self, log_delta: torch.Tensor) -> torch.Tensor:
+        """``[Σ (x − c), Σ (x − c)², max x, min x]`` of one batch's ``log_delta [n, D]`` (float64
+        ``[4, D]``); the float32 reductions overwrite ``log_delta`` with ``x − c``."""
+        reduced = native.shifted_moments(log_delta, self.pivot)
+        if reduced is not None:
+            return reduced
+        high, low = log_delta.amax(0).double(), log_delta.amin(0).double()
         shifted = log_delta.sub_(self.pivot)
-        checksum = shifted.sum(0)
-        a["shifted_sum"] += checksum
-        a["shifted_sum_sq"] += shifted.mul_(shifted).sum(0)
-        return checksum
+        shifted_sum = shifted.sum(0).double()
+        return torch.stack([shifted_sum, shifted.mul_(shifted).sum(0).double(), high, low])
 
     def arrays(self) -> dict[str, np.ndarray]:
         if self.pivot is None:
