@@ -369,8 +369,7 @@ def main(argv: list[str] | None = None) -> None:
 # -- pytest-benchmark: memory stays flat in tokens on the built-in models -----------------------
 PEAK_SCRIPT = textwrap.dedent("""
     import json, resource, sys, torch
-    from neuronbench.allocator import retain_freed_memory
-from neuronbench.capture import CaptureConfig, capture_statistics
+    from neuronbench.capture import CaptureConfig, capture_statistics
     from neuronbench.models import load_model
     sys.path.insert(0, "benchmarks")
     from bench_capture import synthetic_windows
