@@ -28,8 +28,7 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   longer (or shorter) beside it. On a CPU that part used to be glibc's: a GPT-2-small forward of
   4096 tokens makes about 108 temporaries of 48 MiB, above glibc's largest dynamic mmap threshold
   (32 MiB), each mapped afresh (12,288 page faults apiece) unless a free heap chunk that large was
-  left by the previous pass: 0.2–1.0M minor faults plain, 1.0–1.6M beside the capture, 2–4 s of a
-  13–17 s forward. :func:`neuronbench.allocator.retain_freed_memory`, which ``load_model`` calls
+  left by the previous pass: 0.2–1.0M minor faults plain, 1.0–1.6M beside the capture. :func:`neuronbench.allocator.retain_freed_memory`, which ``load_model`` calls
   for a CPU, keeps them in the heap (both forwards fault 201k, the logits); the table's first line
   says what it did. ``NEURONBENCH_MALLOC=default`` keeps glibc's defaults, to measure that.
 * **Threads.** ``--threads`` (default 1: one thread, as in issue 10's measurements; CPU time of a
@@ -298,7 +297,7 @@ ALLOCATOR_VARIABLES = ("THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES", "NEURONBENCH_MA
 
 def allocator_environment() -> str:
     """The allocator settings a table was measured under, e.g. ``mallopt: mmap 256 MiB, trim 1024
-    MiB; THP_MEM_ALLOC_ENABLE=1``."""
+    MiB; THP_MEM_ALLOC_ENABLE=1`` (applying :func:`retain_freed_memory` first, as ``load_model`` does)."""
     chosen = [f"{name}={os.environ[name]}" for name in ALLOCATOR_VARIABLES if name in os.environ]
     return "; ".join([retain_freed_memory(), *chosen])
 

@@ -7,19 +7,19 @@ trim threshold (free memory at the heap's top that is handed back) follows it at
 A GPT-2-small forward pass over 8 × 512 tokens makes about 108 temporaries of 48 MiB (the
 ``[4096, 3072]`` float32 MLP activations and the GELU's intermediates): each is mapped afresh,
 12,288 faults apiece. Whether a previous pass left a free heap chunk that large decides how many:
-a plain forward took 0.2–1.0M minor faults and 13–17 s of CPU time, the same forward beside
+a plain forward took 0.2–1.0M minor faults, the same forward beside
 neuronbench's capture 1.0–1.6M (its own frees changed which heap chunks remained), measured on
 this project's 2-core machine. With the mmap threshold at 256 MiB and the trim threshold at
 1 GiB, every pass reuses the same heap memory: 201k faults for both (the 785 MiB logits, still
-mapped), and the plain forward 13.2–13.9 s.
+mapped).
 
 :func:`retain_freed_memory` sets those two thresholds once per process, by ``mallopt``. It is
 process-wide: freed memory up to :data:`TRIM_THRESHOLD` at the heap's top stays resident instead
 of being handed back to the system, and allocations below :data:`MMAP_THRESHOLD` no longer come
 back to the system one by one. The heap fragments, so peak memory grows: a plain GPT-2-small
 forward of 4096 tokens peaked 1877 MiB above the loaded model instead of 1331, neuronbench's full
-capture 2790 instead of 1814 (``benchmarks/bench_capture.py --memory``). It does nothing where the C library is not glibc, and it leaves
-glibc alone where ``GLIBC_TUNABLES`` already names a ``glibc.malloc.`` setting (the user's own
+capture 2790 instead of 1814 (``benchmarks/bench_capture.py --memory``). It does nothing where the
+C library is not glibc, and it leaves glibc alone where ``GLIBC_TUNABLES`` already names a ``glibc.malloc.`` setting (the user's own
 choice wins) or ``NEURONBENCH_MALLOC=default`` is set.
 """
 

@@ -427,12 +427,21 @@ def test_native_transposed_copy_and_log_delta_moments_equal_torch(monkeypatch):
 
     expected = {"log_delta_sum": log_delta.sum(0), "log_delta_sum_sq": (log_delta ** 2).sum(0),
                 "log_delta_max": log_delta.amax(0), "log_delta_min": log_delta.amin(0)}
-    ours = fold()
+    def nan_checksum() -> torch.Tensor:  # a NaN in Δ reaches the checksum that the finite check reads
+        broken = delta[:1].clone()
+        broken[0, 3, 5] = float("nan")
+        moments = DeltaMoments(torch.device("cpu"))
+        moments.update(delta[:1], BatchContext.of(real[:1]), Workspace())
+        return moments.update(broken, BatchContext.of(real[:1]), Workspace())
+
+    ours, ours_nan = fold(), nan_checksum()
     monkeypatch.setattr(native, "shifted_moments", lambda *args: None)
-    tensors = fold()
+    tensors, tensors_nan = fold(), nan_checksum()
     for name, value in expected.items():
         np.testing.assert_allclose(ours[name], value.numpy(), rtol=1e-12, atol=1e-10, err_msg=name)
         np.testing.assert_allclose(tensors[name], value.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+    for checksum in (ours_nan, tensors_nan):
+        assert torch.isnan(checksum[5]) and torch.isfinite(checksum[:5]).all()
 
 
 def test_without_a_c_compiler_the_capture_warns_once_and_runs_the_blocks(monkeypatch, tmp_path):

@@ -280,7 +280,8 @@ void transpose_rows(const float *restrict a, int64_t batches, int64_t batch_stri
 
 /* Moments of each column of a [n, W] (float32, row-major) around a per-column pivot c, in double:
    sum[j] = sum_t (a - c_j),  sum_sq[j] = sum_t (a - c_j)^2,  max[j], min[j] of a  (Mamba's log Δ;
-   n >= 1). A NaN or inf propagates into sum (the non-finite check); max and min skip a NaN. */
+   n >= 1). A NaN or inf propagates into sum, which the capture's non-finite check reads; max and min
+   are not meaningful then. */
 void shifted_moments(const float *restrict a, int64_t n, int64_t width, const float *restrict pivot,
                      double *restrict sum, double *restrict sum_sq, double *restrict max, double *restrict min) {
     for (int64_t j0 = 0; j0 < width; j0 += CHUNK) {
