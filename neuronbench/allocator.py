@@ -34,7 +34,15 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 256 * 2**20
 """Requests of at least this many bytes are still mapped one by one (a GPT-2 vocabulary's logits)."""
 TRIM_THRESHOLD = 2**30
-"""Free memory at the heap's top beyond this is handed back to the system."""
+"""Free memory at the heap's top beyond this is handed back to the system. A mamba-130m forward over
+2 × 512 tokens leaves more than this free at the top (its selective scan's ``[B, D, L, N]``
+temporaries, 100 MiB each), so its heap is trimmed after a capture pass and the next pass faults
+150k–425k pages back in (about +0.03–0.09 of that forward). Never trimming (``-1``) removes those
+faults but not the cost: the peak extra memory of one full capture pass over 4 × 512 tokens of
+mamba-130m, each in a fresh process (``benchmarks/bench_capture.py``'s memory script), was
+1942–5949 MiB in 7 processes, against 1726–2472 MiB in 6 with this threshold and 1732–1774 MiB in 3
+with glibc's defaults; a 1 GiB top pad (``M_TOP_PAD``) beside it peaked at 4194 MiB. Memory is the
+capture's advantage over its peers, so the threshold stays finite."""
 OPT_OUT = "NEURONBENCH_MALLOC"
 """Environment variable: ``default`` keeps glibc's own thresholds."""
 

@@ -24,10 +24,13 @@ def step():  # three temporaries of 48 MiB, above glibc's largest dynamic mmap t
 for _ in range(10):  # until the heap holds the step's temporaries
     step()
 before = faults()
-for _ in range(10):
+for _ in range(20):
     step()
-print(json.dumps({"done": done, "faults": (faults() - before) / 30}))
+print(json.dumps({"done": done, "faults": (faults() - before) / 60}))
 """
+"""Faults per temporary of a repeated step (60 temporaries measured)."""
+PAGES = 4096 * 3072 * 4 // 4096
+"""Pages of one of its temporaries."""
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's")
 
@@ -44,13 +47,12 @@ def test_repeated_large_temporaries_reuse_the_heap_pages():
     tuned, default = run_script(), run_script(NEURONBENCH_MALLOC="default")
     assert tuned["done"] == "mallopt: mmap 256 MiB, trim 1024 MiB"
     assert default["done"] == "glibc defaults (NEURONBENCH_MALLOC=default)"
-    pages = 4096 * 3072 * 4 // 4096
-    assert default["faults"] > 0.9 * pages  # mapped afresh each time
-    assert tuned["faults"] < 0.01 * pages  # the same heap pages again
+    assert default["faults"] > 0.9 * PAGES  # mapped afresh each time
+    assert tuned["faults"] < 0.05 * PAGES  # the same heap pages again (the heap grew at most twice)
 
 
 @glibc_only
 def test_glibc_tunables_of_the_user_are_left_alone():
     kept = run_script(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072")
     assert kept["done"] == "glibc malloc tunables from GLIBC_TUNABLES"
-    assert kept["faults"] > 0.9 * 4096 * 3072 * 4 // 4096
+    assert kept["faults"] > 0.9 * PAGES
