@@ -180,6 +180,10 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
             for (int64_t i = 0; i < n_group; ++i) segment_start(&group[i], a + starts[windows[g0 + i]] * width + j0, cw);
             for (int64_t t = 0; t < length; ++t) {
                 float pa[CHUNK] = {0}, ps[CHUNK] = {0};
+                if (t + AHEAD < length) {
+                    prefetch(pos_active + (t + AHEAD) * width + j0, cw * 4, 1);
+                    prefetch(pos_sum + (t + AHEAD) * width + j0, cw * 4, 1);
+                }
                 for (int64_t i = 0; i < n_group; ++i) {
                     const int64_t row = starts[windows[g0 + i]] + t;
                     const float *x = a + row * width + j0;
