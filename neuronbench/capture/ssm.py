@@ -9,8 +9,9 @@ array                       shape                definition
 ==========================  ===================  ==============================================
 
 ``log Δ`` is taken in float32 (Δ > 0 is a softplus output). Each batch is reduced around a
-per-channel pivot ``c`` (the first batch's float32 mean): ``Σ (x − c)`` and ``Σ (x − c)²`` are small
-where ``x`` is near ``c``, so their rounding does not swamp the spread that
+per-channel pivot ``c``, the first real token's ``log Δ`` (any value in the channel's range serves,
+and a row costs nothing to take, unlike a column mean): ``Σ (x − c)`` and ``Σ (x − c)²`` stay small
+where the ``x`` lie near each other, so their rounding does not swamp the spread that
 :func:`neuronbench.detectors.delta.log_delta_spread` takes from the raw sums,
 ``Σ x = Σ (x − c) + n·c`` and ``Σ x² = Σ (x − c)² + 2c·Σ (x − c) + n·c²`` (float64). On a CPU one C
 loop reduces a batch (:func:`neuronbench.capture.native.shifted_moments`, accumulating in double);
@@ -46,7 +47,7 @@ class DeltaMoments:
         a = self.totals
         if self.pivot is None:
             d, dev = log_delta.shape[-1], self.device
-            self.pivot = log_delta.mean(0)
+            self.pivot = log_delta[0].clone()  # log_delta is a reused buffer
             a.update(
                 shifted_sum=torch.zeros(d, dtype=torch.float64, device=dev),
                 shifted_sum_sq=torch.zeros(d, dtype=torch.float64, device=dev),
