@@ -38,11 +38,17 @@ TRIM_THRESHOLD = 2**30
 2 × 512 tokens leaves more than this free at the top (its selective scan's ``[B, D, L, N]``
 temporaries, 100 MiB each), so its heap is trimmed after a capture pass and the next pass faults
 150k–425k pages back in (about +0.03–0.09 of that forward). Never trimming (``-1``) removes those
-faults but not the cost: the peak extra memory of one full capture pass over 4 × 512 tokens of
+faults but not the cost. The peak extra memory of one full capture pass over 4 × 512 tokens of
 mamba-130m, each in a fresh process (``benchmarks/bench_capture.py``'s memory script), was
-1942–5949 MiB in 7 processes, against 1726–2472 MiB in 6 with this threshold and 1732–1774 MiB in 3
-with glibc's defaults; a 1 GiB top pad (``M_TOP_PAD``) beside it peaked at 4194 MiB. Memory is the
-capture's advantage over its peers, so the threshold stays finite."""
+1942–5949 MiB in 7 processes without trimming, 1726–2472 MiB in 6 and 6534 MiB in a 7th with this
+threshold, 1732–1774 MiB in 3 with glibc's defaults, and 1799–1835 MiB in 3 with this threshold and
+a 64 MiB mmap threshold (which maps the scan's 201 MiB temporaries again, but took the paired
+ratios of mamba-130m at 2 × 512 tokens to 1.51 full and 1.25 frequency only); a 1 GiB top pad
+(``M_TOP_PAD``) peaked at 4194 MiB. So a heap that keeps 200 MiB temporaries can fragment to
+several GiB in the first batch (likely because its per-layer totals are allocated between them; not
+isolated). Memory is the
+capture's advantage over its peers, so the trim threshold stays finite; where memory is the
+limit, ``NEURONBENCH_MALLOC=default``."""
 OPT_OUT = "NEURONBENCH_MALLOC"
 """Environment variable: ``default`` keeps glibc's own thresholds."""
 
