@@ -45,8 +45,10 @@ threshold, 1732–1774 MiB in 3 with glibc's defaults, and 1799–1835 MiB in 3 
 a 64 MiB mmap threshold (which maps the scan's 201 MiB temporaries again, but took the paired
 ratios of mamba-130m at 2 × 512 tokens to 1.51 full and 1.25 frequency only); a 1 GiB top pad
 (``M_TOP_PAD``) peaked at 4194 MiB. So a heap that keeps 200 MiB temporaries can fragment to
-several GiB in the first batch (likely because its per-layer totals are allocated between them; not
-isolated). Memory is the
+several GiB in the first batch: the capture's totals, made while the model ran, split the space of
+the freed temporaries. With every total allocated before the first forward pass
+(:class:`~neuronbench.capture.positions.Positions`), that pass peaks at 1763–2123 MiB (6 processes;
+a plain forward 1545–1872). Memory is the
 capture's advantage over its peers, so the trim threshold stays finite; where memory is the
 limit, ``NEURONBENCH_MALLOC=default``."""
 OPT_OUT = "NEURONBENCH_MALLOC"

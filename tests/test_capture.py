@@ -420,7 +420,7 @@ def test_native_transposed_copy_and_log_delta_moments_equal_torch(monkeypatch):
     log_delta = delta[real].log().double()  # log Δ in float32, as the capture takes it
 
     def fold() -> dict[str, np.ndarray]:
-        moments = DeltaMoments(torch.device("cpu"))
+        moments = DeltaMoments(70, torch.device("cpu"))
         for batch in (slice(0, 2), slice(2, 3)):
             moments.update(delta[batch], BatchContext.of(real[batch]), Workspace())
         return moments.arrays()
@@ -430,7 +430,7 @@ def test_native_transposed_copy_and_log_delta_moments_equal_torch(monkeypatch):
     def nan_checksum() -> torch.Tensor:  # a NaN in Δ reaches the checksum that the finite check reads
         broken = delta[:1].clone()
         broken[0, 3, 5] = float("nan")
-        moments = DeltaMoments(torch.device("cpu"))
+        moments = DeltaMoments(70, torch.device("cpu"))
         moments.update(delta[:1], BatchContext.of(real[:1]), Workspace())
         return moments.update(broken, BatchContext.of(real[:1]), Workspace())
 
@@ -520,3 +520,47 @@ def test_float_statistics_are_within_a_millionth_of_float64_at_a_real_batch_size
         for name, expected in (("sum_sq", flat.square().sum(0)), ("abs_sum", flat.abs().sum(0))):
             np.testing.assert_allclose(got[name], expected.numpy(), rtol=1e-6, atol=0, err_msg=name)
         np.testing.assert_array_less(np.abs(got["sum"] - flat.sum(0).numpy()), 1e-6 * magnitude)
+
+
+def _kept_storages(value: object, seen: set[int] | None = None) -> set[int]:
+    """The storages of every tensor reachable from ``value`` through neuronbench objects, dicts and
+    sequences, leaving out :class:`~neuronbench.capture.batch.Workspace` buffers (reused, made once)."""
+    from neuronbench.capture.batch import Workspace
+
+    seen = set() if seen is None else seen
+    if id(value) in seen or isinstance(value, Workspace):
+        return set()
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        return {value.untyped_storage().data_ptr()}
+    if isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        children = list(value)
+    elif type(value).__module__.startswith("neuronbench") and hasattr(value, "__dict__"):
+        children = list(vars(value).values())
+    else:
+        return set()
+    return set().union(*(_kept_storages(child, seen) for child in children))
+
+
+def test_a_batch_keeps_no_tensor_made_while_the_model_runs():
+    """Every total, Δ's included, exists before the first forward pass, and nothing the hooks make
+    outlives them: a tensor kept past a hook would be carved out of the heap space that the model's
+    freed temporaries left, and split it (mamba-130m: a full pass's heap grew from 1.2 to 4 GiB)."""
+    layout = NeuronLayout(num_layers=2, width=6, has_ssm=True)
+    config = CaptureConfig(batch_size=3, sweep=(0.0, 0.5))
+    collector = StatisticsCollector(layout, config, 5, 30, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        ids = torch.randint(0, 30, (3, 5), generator=generator)
+        collector.start_batch(ids, torch.ones_like(ids))
+        before = _kept_storages(collector.stats)
+        for layer in range(2):
+            collector.receive(act_name(layer, NEURONS), torch.randn(3, 5, 6, generator=generator))
+            collector.receive(act_name(layer, SSM_DELTA), torch.rand(3, 5, 6, generator=generator) + 0.1)
+        assert _kept_storages(collector.stats) == before
+        collector.end_batch()
+    result = collector.result()
+    assert result.n_tokens == 30
+    assert (result.layers[1]["pos_tokens"] == 6).all() and "log_delta_sum" in result.layers[1]

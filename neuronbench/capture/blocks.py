@@ -79,9 +79,9 @@ class Reductions:
     ``total``, ``total_sq`` (float64 ``[W]``), ``max``, ``min`` (float32 ``[W]``); ``active`` (bool
     ``[n, W]``, plan.active); with plan.windowed, the full windows' :class:`WindowMoments`
     (``None`` when the batch has none) and the per-position sums over them, ``position_active``
-    (float32 counts, exact) and ``position_sum`` (float32), both ``[T, W]``. ``active`` is a
-    :class:`~neuronbench.capture.batch.Workspace` buffer, valid until the next layer's reductions;
-    every other tensor is the reductions' own."""
+    (float32 counts, exact) and ``position_sum`` (float32), both ``[T, W]``. ``active`` (and the
+    tensor blocks' position sums) are :class:`~neuronbench.capture.batch.Workspace` buffers, valid
+    until the next layer's reductions: a statistic adds them into its own totals, never keeps them."""
 
     counts: torch.Tensor
     sweep: torch.Tensor | None
@@ -207,8 +207,8 @@ def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan
     sums = _Segments([size for _, size, _ in segments], length, width, device)
     position_active = position_sum = None
     if positional:
-        position_active = torch.empty(length, width, dtype=torch.float32, device=device)  # handed over: not buffers
-        position_sum = torch.empty(length, width, dtype=torch.float32, device=device)
+        position_active = workspace.buffer("position_active", (length, width), device)
+        position_sum = workspace.buffer("position_sum", (length, width), device)
 
     for block in blocks:
         k, t0, t1 = block.windows, block.t0, block.t1

@@ -47,7 +47,7 @@ class LayerStatistics:
         self.positions = Positions(width, window, device) if positions else None
         self.tokens = tokens
         self.trigram_counts = trigram_counts
-        self.delta = DeltaMoments(device)
+        self.delta = DeltaMoments(width, device)
         self.top = TopActivations(width, top_k, device) if top_k else None
         self.statistics: list[NeuronStatistic] = [
             s for s in (self.moments, self.positions, self.tokens, self.trigram_counts, self.top) if s is not None]
@@ -62,8 +62,10 @@ class LayerStatistics:
 
     def update_neurons(self, acts: torch.Tensor, batch: BatchContext) -> torch.Tensor | None:
         """Fold one batch ``acts [B, T, W]`` (real positions where ``batch.real``) into the totals;
-        return the moments' :attr:`~neuronbench.capture.moments.Moments.checksum` (``None``
-        without real tokens)."""
+        return the batch's checksum, its float64 ``Σ a`` per neuron (:mod:`.moments`; ``None``
+        without real tokens). Nothing of the batch outlives the non-finite check: a tensor kept
+        until the next batch would be carved out of the heap space that the model's freed
+        temporaries left, and split it (:class:`~neuronbench.capture.positions.Positions`)."""
         if acts.shape[-1] != self.width or acts.shape[:2] != batch.real.shape:
             raise CaptureError(
                 f"layer {self.layer}: neuron tensor of shape {tuple(acts.shape)} does not match "
@@ -82,7 +84,7 @@ class LayerStatistics:
         view = LayerBatch(flat=flat, batch=batch, reductions=reductions)
         for statistic in self.statistics:
             statistic.update(view)
-        return self.moments.checksum
+        return None if reductions is None else reductions.total
 
     def _first_scale(self, flat: torch.Tensor) -> float:
         """The rule's layer scale from the first batch: its float64 sums of squares from the C

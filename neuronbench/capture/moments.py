@@ -17,9 +17,9 @@ Each batch's counts, sums and extremes are the layer's :class:`~neuronbench.capt
 (``CaptureConfig.sweep = ()``: no ``sweep_count`` and no comparison per τ_s; only the
 dead-fraction sweep figure reads it).
 
-:attr:`Moments.checksum` is the batch's ``Σ a`` (float64, NaN or ±inf wherever an input value is,
-barring float32 overflow): the non-finite check of :mod:`neuronbench.capture.checks` reads it
-instead of reducing the tensor once more.
+The reductions' ``total`` is also the batch's checksum: ``Σ a`` (float64, NaN or ±inf wherever an
+input value is, barring float32 overflow), which the non-finite check of
+:mod:`neuronbench.capture.checks` reads instead of reducing the tensor once more.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ class Moments:
         long, f64 = torch.long, torch.float64
         self.sweep = sweep
         self.n_tokens = 0
-        self.checksum: torch.Tensor | None = None
         self.totals = dict(
             active_count=torch.zeros(width, dtype=long, device=device),
             **({"sweep_count": torch.zeros(len(sweep), width, dtype=long, device=device)} if sweep else {}),
@@ -52,7 +51,6 @@ class Moments:
     def update(self, view: LayerBatch) -> None:
         self.n_tokens += view.flat.shape[0]
         reduced = view.reductions
-        self.checksum = None if reduced is None else reduced.total
         if reduced is None:
             return
         a = self.totals

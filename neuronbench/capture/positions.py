@@ -45,7 +45,10 @@ class Positions:
     batch of 0/1 values: exact). ``pos_active`` is totalled in float32, exact while
     below :data:`~neuronbench.capture.batch.EXACT_ROWS` windows, and moved into an int64 total
     before it could get there (``moved``, made only then); ``pos_sum`` is totalled in float64. The
-    ``[T, W]`` totals are made by the first batch (no zero-filled arrays to add into), and
+    ``[T, W]`` totals are allocated here, before any forward pass: made by the first batch, they
+    were carved out of the heap space that the model's freed temporaries left, and split it so
+    that the next layer's temporaries of the same size no longer fitted (a full 4 × 512-token
+    mamba-130m pass: 12 MiB of totals per layer took the heap from 1.1 to 1.8–4.2 GiB).
     :meth:`arrays` adds nothing when no count was moved."""
 
     def __init__(self, width: int, window: int, device: torch.device) -> None:
@@ -54,9 +57,9 @@ class Positions:
         self.pending = 0
         """Windows counted in the float32 total ``active``."""
         self.pos_tokens = torch.zeros(window, dtype=torch.long, device=device)
-        self.active: torch.Tensor | None = None
+        self.active = torch.zeros(self.shape, dtype=torch.float32, device=device)
         self.moved: torch.Tensor | None = None
-        self.pos_sum: torch.Tensor | None = None
+        self.pos_sum = torch.zeros(self.shape, dtype=torch.float64, device=device)
         self.pearson_sum = torch.zeros(width, dtype=torch.float64, device=device)
 
     def update(self, view: LayerBatch) -> None:
@@ -71,20 +74,11 @@ class Positions:
         self.n_windows += n
         self.pending += n
         self.pos_tokens += n
-        active, total = reduced.position_active, reduced.position_sum
-        if self.active is None:  # the reductions' own tensors (not reused buffers): kept as the totals
-            self.active, self.pos_sum = active.float(), total.double()
-        else:
-            self.active += active
-            self.pos_sum += total
+        self.active += reduced.position_active
+        self.pos_sum += reduced.position_sum
         self.pearson_sum += reduced.windows.pearson().sum(0)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        device = self.pos_tokens.device
-        if self.active is None:  # no full window (and so nothing moved)
-            active = torch.zeros(self.shape, dtype=torch.long, device=device)
-        else:
-            active = self.active.long() if self.moved is None else self.moved + self.active.long()
-        total = torch.zeros(self.shape, dtype=torch.float64, device=device) if self.pos_sum is None else self.pos_sum
+        active = self.active.long() if self.moved is None else self.moved + self.active.long()
         return {"pos_tokens": self.pos_tokens.cpu().numpy(), "pos_active": active.cpu().numpy(),
-                "pos_sum": total.cpu().numpy(), "pearson_sum": self.pearson_sum.cpu().numpy()}
+                "pos_sum": self.pos_sum.cpu().numpy(), "pearson_sum": self.pearson_sum.cpu().numpy()}

@@ -25,35 +25,39 @@ import torch
 
 from neuronbench.capture import native
 from neuronbench.capture.batch import BatchContext, Workspace
+from neuronbench.errors import CaptureError
 
 
 class DeltaMoments:
-    """Moments and extremes of ``log Δ`` of one layer (allocated on the first batch, when the
-    channel count is known)."""
+    """Moments and extremes of ``log Δ`` of one layer's ``channels`` (the neurons' width: Mamba's
+    Δ has one value per channel of the scan). Every total and the pivot are allocated here, before
+    any forward pass (:class:`~neuronbench.capture.positions.Positions` says why)."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self, channels: int, device: torch.device) -> None:
+        f64 = torch.float64
+        self.channels = channels
         self.n_tokens = 0
-        self.pivot: torch.Tensor | None = None
-        self.totals: dict[str, torch.Tensor] = {}
+        self.pivot = torch.zeros(channels, dtype=torch.float32, device=device)
+        self.totals = dict(
+            shifted_sum=torch.zeros(channels, dtype=f64, device=device),
+            shifted_sum_sq=torch.zeros(channels, dtype=f64, device=device),
+            log_delta_max=torch.full((channels,), -torch.inf, dtype=f64, device=device),
+            log_delta_min=torch.full((channels,), torch.inf, dtype=f64, device=device),
+        )
 
     def update(self, delta: torch.Tensor, batch: BatchContext, workspace: Workspace) -> torch.Tensor | None:
         """Fold ``log Δ`` of the real positions of ``delta [B, T, D]``; return the batch's float64
         ``Σ (log Δ − c)`` (the non-finite check's checksum; ``None`` without real tokens)."""
+        if delta.shape[-1] != self.channels:
+            raise CaptureError(f"Δ has {delta.shape[-1]} channels, its layer {self.channels} neurons: an SSM "
+                               "adapter hands one Δ per channel of the neurons (shape [B, T, D])")
         flat = batch.flat(delta)
         if flat.shape[0] == 0:
             return None
         log_delta = torch.log(flat, out=workspace.buffer("delta", flat.shape, flat.device))
         a = self.totals
-        if self.pivot is None:
-            d, dev = log_delta.shape[-1], self.device
-            self.pivot = log_delta[0].clone()  # log_delta is a reused buffer
-            a.update(
-                shifted_sum=torch.zeros(d, dtype=torch.float64, device=dev),
-                shifted_sum_sq=torch.zeros(d, dtype=torch.float64, device=dev),
-                log_delta_max=torch.full((d,), -torch.inf, dtype=torch.float64, device=dev),
-                log_delta_min=torch.full((d,), torch.inf, dtype=torch.float64, device=dev),
-            )
+        if self.n_tokens == 0:
+            self.pivot.copy_(log_delta[0])  # log_delta is a reused buffer
         self.n_tokens += log_delta.shape[0]
         shifted_sum, shifted_sum_sq, high, low = self._batch_moments(log_delta)
         torch.maximum(a["log_delta_max"], high, out=a["log_delta_max"])
@@ -74,7 +78,7 @@ class DeltaMoments:
         return torch.stack([shifted_sum, shifted.mul_(shifted).sum(0).double(), high, low])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        if self.pivot is None:
+        if self.n_tokens == 0:
             return {}
         a, c, n = self.totals, self.pivot.double(), self.n_tokens
         raw = {
