@@ -564,3 +564,13 @@ def test_a_batch_keeps_no_tensor_made_while_the_model_runs():
     result = collector.result()
     assert result.n_tokens == 30
     assert (result.layers[1]["pos_tokens"] == 6).all() and "log_delta_sum" in result.layers[1]
+
+
+def test_a_delta_narrower_than_the_neurons_is_an_error():
+    """SPEC: channel d of Δ is neuron d of the same layer; a Δ of another width names both widths."""
+    collector = StatisticsCollector(NeuronLayout(num_layers=1, width=6, has_ssm=True), CaptureConfig(), 5, 30,
+                                    torch.device("cpu"))
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    collector.start_batch(ids, torch.ones_like(ids))
+    with pytest.raises(CaptureError, match="Δ has 4 channels, its layer 6 neurons"):
+        collector.receive(act_name(0, SSM_DELTA), torch.ones(2, 5, 4))
