@@ -348,6 +348,10 @@ def assert_reductions_are_brute_force(got, acts: torch.Tensor, real: torch.Tenso
     torch.testing.assert_close(got.windows.moment, (full * positions[:, None]).sum(1), **close)
     torch.testing.assert_close(got.windows.centred_sq, (full - full.mean(1, keepdim=True)).square().sum(1), **close)
     assert torch.equal(got.windows.max.double(), full.amax(1)) and torch.equal(got.windows.min.double(), full.amin(1))
+    centred = full - full.mean(1, keepdim=True)
+    spread = (positions.square().sum() * centred.square().sum(1)).sqrt()
+    r = torch.where(full.amax(1) > full.amin(1), (positions[:, None] * centred).sum(1) / spread, 0.0)
+    torch.testing.assert_close(got.windows.pearson_total(), r.sum(0), **close)
     full_level = full.abs() if relative else full
     assert torch.equal(got.position_active, (full_level > cut(0.5)).sum(0).float())
     torch.testing.assert_close(got.position_sum.double(), full.sum(0), rtol=1e-6, atol=1e-6)  # float32 sums
@@ -374,6 +378,7 @@ def test_native_reductions_equal_brute_force_and_the_blocks(relative):
     real[2, 5:] = False
     real[4] = False
     acts = (torch.randn(5, 8, 6, generator=generator) * 2 + 1).round(decimals=1)
+    acts[0, :, 0] = 1.5  # constant within a full window: r := 0
     mask = Mask(relative=relative, scale=0.5)
     plan = blocks.Plan(0.5, sweep=(0.0, 0.5, 1.0, -1.0), windowed=True, active=True)
     got = native.reduce_layer(acts[real].contiguous(), BatchContext.of(real), mask, plan, Workspace())

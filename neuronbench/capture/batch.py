@@ -70,6 +70,8 @@ class WindowMoments:
     ``moment = Σ_t (t − t̄) d_t = Σ_t (t − t̄) a_t`` (as ``Σ_t (t − t̄) = 0``), ``centred_sq =
     Σ_t d_t² − (Σ_t d_t)²/T = Σ_t (a_t − ā)²``, ``sum_sq = centred_sq + total²/T``, ``max``, ``min``
     (float32, exact). Centring keeps the float32 rounding relative to the window's spread, not to ``|a|``.
+    ``pearson_sum``: ``Σ_windows r`` (:meth:`pearson`) when the reduction computed it along with the
+    sums (the C loop, in double, formula for formula), else ``None`` (:meth:`pearson_total` computes it).
     """
 
     total: torch.Tensor
@@ -78,6 +80,7 @@ class WindowMoments:
     max: torch.Tensor
     min: torch.Tensor
     length: int
+    pearson_sum: torch.Tensor | None = None
 
     @property
     def sum_sq(self) -> torch.Tensor:
@@ -90,6 +93,10 @@ class WindowMoments:
         position_ss = (t - 1) * t * (t + 1) / 12.0  # Σ_t (t − t̄)² over t = 0..T−1
         denominator = (position_ss * self.centred_sq).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
         return torch.where(self.max > self.min, self.moment / denominator, 0.0)
+
+    def pearson_total(self) -> torch.Tensor:
+        """``Σ_windows r`` per neuron (float64 ``[W]``)."""
+        return self.pearson().sum(0) if self.pearson_sum is None else self.pearson_sum
 
 
 @dataclass

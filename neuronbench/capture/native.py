@@ -7,7 +7,8 @@ loop reads each activation once and updates every accumulator the :class:`~neuro
 asks for while it is in a register: per segment (a window's real rows) ``Σ a``, ``Σ (t − c) a``
 (``c = (size − 1)/2``), ``Σ a²`` (double) and the extremes; over the batch ``Σ a``, ``Σ a²``, ``Σ |a|``
 (double), the extremes and the counts at τ and at every τ_s of the sweep (int64, exact); the bool
-table; per position of the full windows the active counts and ``Σ a`` (float32, as :mod:`.blocks`).
+table; per position of the full windows the active counts and ``Σ a`` (float32, as :mod:`.blocks`);
+over the full windows the sum of their Pearson r (double; ``WindowMoments.pearson_sum``).
 Every output is written by the loop (no zero-filled buffers: two allocations per layer and batch).
 :func:`add_token_rows` adds mask rows into the per-token count table (:mod:`.tokens`). Sums of float32 values and
 of their products accumulate in double, so they are more exact than the blocks' float32 partial
@@ -93,7 +94,7 @@ def library() -> ctypes.CDLL | None:
                       "using the slower tensor blocks (neuronbench.capture.blocks)", RuntimeWarning, stacklevel=2)
         return None
     lib.reduce_rows.restype = None
-    lib.reduce_rows.argtypes = [_P, _I, _I, _P, _P, _P, _P, _I, ctypes.c_int, *([_P] * 14)]
+    lib.reduce_rows.argtypes = [_P, _I, _I, _P, _P, _P, _P, _I, ctypes.c_int, *([_P] * 15)]
     lib.add_token_rows.restype = None
     lib.add_token_rows.argtypes = [_P, _I, _P, _P, _I, _P, _I]
     lib.column_square_sums.restype = None
@@ -175,10 +176,11 @@ def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan
     positional = plan.windowed and batch.n_full > 0
     keep = table.full if plan.windowed else torch.zeros_like(table.full)
     k, f = table.starts.numel(), batch.n_full if positional else 0
-    doubles = torch.empty(3 * f + 3, width, dtype=torch.float64)
+    doubles = torch.empty(3 * f + 3 + (1 if positional else 0), width, dtype=torch.float64)
     floats = torch.empty(2 * f + 2 + (2 * length if positional else 0), width, dtype=torch.float32)
     seg_sum, seg_moment, seg_centred = doubles[:f], doubles[f:2 * f], doubles[2 * f:3 * f]
-    total, total_sq, abs_sum = doubles[3 * f:].unbind()
+    total, total_sq, abs_sum = doubles[3 * f:3 * f + 3].unbind()
+    pearson_sum = doubles[3 * f + 3] if positional else None
     seg_max, seg_min, (high, low) = floats[:f], floats[f:2 * f], floats[2 * f:2 * f + 2].unbind()
     counts = torch.empty(len(cuts), width, dtype=torch.int64)
     active = workspace.buffer("active", (n, width), flat.device, torch.bool) if plan.active else None
@@ -188,8 +190,9 @@ def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan
     lib.reduce_rows(flat.data_ptr(), width, k, table.starts.data_ptr(), table.sizes.data_ptr(), keep.data_ptr(),
                     cuts.data_ptr(), len(cuts), int(mask.relative), *(_pointer(t) for t in (
                         seg_sum, seg_moment, seg_centred, seg_max, seg_min, total, total_sq, high, low, abs_sum,
-                        counts, active, position_active, position_sum)))
-    windows = WindowMoments(seg_sum, seg_moment, seg_centred, seg_max, seg_min, length) if positional else None
+                        counts, active, position_active, position_sum, pearson_sum)))
+    windows = WindowMoments(seg_sum, seg_moment, seg_centred, seg_max, seg_min, length,
+                            pearson_sum) if positional else None
     at_tau, rest = counts[0], iter(counts[1:])
     sweep = torch.stack([at_tau if tau == plan.threshold else next(rest) for tau in plan.sweep]) if plan.sweep else None
     return Reductions(counts=at_tau, sweep=sweep, abs_sum=abs_sum, total=total, total_sq=total_sq, max=high, min=low,

@@ -6,7 +6,10 @@
    window, c = (T - 1) / 2), in double:
      seg_sum[i, j] = S = sum_t a,  seg_moment[i, j] = sum_t (t - c) a,
      seg_centred[i, j] = max(Q - S^2 / T, 0)  with Q = sum_t a^2  (= sum_t (a - mean)^2)
-   and in float seg_max[i, j], seg_min[i, j]. Over every row:
+   and in float seg_max[i, j], seg_min[i, j]; and over the full windows, in double,
+     pearson_sum[j] = sum_i r[i, j],  r = seg_moment / sqrt(P * seg_centred)  (0 where seg_max == seg_min;
+                      P = sum_t (t - c)^2 = (T - 1) T (T + 1) / 12; the denominator at least DBL_MIN).
+   Over every row:
      total[j] = sum a,  total_sq[j] = sum a^2,  abs_sum[j] = sum |a|                    (double)
      max[j], min[j]                                                                     (float)
      counts[s, j] = #[level > cuts[s]]  with level = |a| if relative else a             (int64)
@@ -14,7 +17,8 @@
    Over the segments with positional[k] != 0 (full windows), per row t of the window:
      pos_active[t, j] = sum over windows [level > cuts[0]],  pos_sum[t, j] = sum over windows a  (float)
    Every output is written, none read: the caller need not zero them (n_segments >= 1; the seg_
-   and pos_ arrays have a row per full window and position, and are not touched without one).
+   and pos_ arrays have a row per full window and position; they and pearson_sum are not touched
+   without a full window).
    Sums are accumulated in double: float32 products are exact in double. NaN compares false
    (inactive), as in torch; it propagates into the sums.
 
@@ -26,6 +30,7 @@
    loop waits on memory). Each row's level and mask are computed once and reused by every count,
    the bool table and the positional counts. Every inner loop runs over the strip's columns, so
    the compiler vectorises it without reassociating any sum. */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -39,7 +44,7 @@ typedef struct {
 } Segment;
 
 typedef struct {
-    double ab[CHUNK], s[CHUNK], q[CHUNK];
+    double ab[CHUNK], s[CHUNK], q[CHUNK], r[CHUNK];
     float hi[CHUNK], lo[CHUNK];
     int32_t on[CHUNK];
 } Strip;
@@ -122,17 +127,19 @@ static inline void add_flat_row(const float *restrict x, int64_t cw, int64_t row
 }
 
 /* Write the sums of full window k (the k-th positional segment; the centred squares from Q and S)
-   and fold them into the strip's totals. */
+   and fold them, and the window's Pearson r, into the strip's totals. */
 static void segment_store(const Segment *g, int64_t k, int64_t size, int64_t j0, int64_t cw, int64_t width,
                           Strip *strip, double *seg_sum, double *seg_moment, double *seg_centred, float *seg_max,
                           float *seg_min) {
     const int64_t at = k * width + j0;
-    const double rows = (double)size;
+    const double rows = (double)size, position_ss = (rows - 1.0) * rows * (rows + 1.0) / 12.0;
     for (int64_t j = 0; j < cw; ++j) {
-        const double centred = g->q[j] - g->s[j] * g->s[j] / rows;
+        const double raw = g->q[j] - g->s[j] * g->s[j] / rows, centred = raw < 0.0 ? 0.0 : raw;
+        const double spread = sqrt(position_ss * centred);
         seg_sum[at + j] = g->s[j];
         seg_moment[at + j] = g->m[j];
-        seg_centred[at + j] = centred < 0.0 ? 0.0 : centred;
+        seg_centred[at + j] = centred;
+        strip->r[j] += g->hi[j] > g->lo[j] ? g->m[j] / (spread > DBL_MIN ? spread : DBL_MIN) : 0.0;
         seg_max[at + j] = g->hi[j];
         seg_min[at + j] = g->lo[j];
         strip->s[j] += g->s[j];
@@ -148,7 +155,7 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
                  double *restrict seg_centred, float *restrict seg_max, float *restrict seg_min,
                  double *restrict total, double *restrict total_sq, float *restrict max, float *restrict min,
                  double *restrict abs_sum, int64_t *restrict counts, uint8_t *restrict active,
-                 float *restrict pos_active, float *restrict pos_sum) {
+                 float *restrict pos_active, float *restrict pos_sum, double *restrict pearson_sum) {
     const Rule rule = {cuts, n_cuts, width, relative, active};
     int64_t windows[n_segments > 0 ? n_segments : 1], n_windows = 0;
     for (int64_t k = 0; k < n_segments; ++k)
@@ -157,7 +164,7 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
     const double window_centre = 0.5 * (double)(length - 1);
     for (int64_t j0 = 0; j0 < width; j0 += CHUNK) {
         const int64_t cw = width - j0 < CHUNK ? width - j0 : CHUNK;
-        Strip strip = {{0}, {0}, {0}, {0}, {0}, {0}};
+        Strip strip = {{0}, {0}, {0}, {0}, {0}, {0}, {0}};
         for (int64_t j = 0; j < cw; ++j) strip.hi[j] = strip.lo[j] = a[starts[0] * width + j0 + j];
         int32_t cnt[n_cuts > 1 ? n_cuts - 1 : 1][CHUNK];
         uint8_t on[CHUNK];
@@ -219,6 +226,8 @@ void reduce_rows(const float *restrict a, int64_t width, int64_t n_segments, con
             min[j0 + j] = strip.lo[j];
             counts[j0 + j] = strip.on[j];
         }
+        if (n_windows)
+            for (int64_t j = 0; j < cw; ++j) pearson_sum[j0 + j] = strip.r[j];
         for (int64_t c = 0; c + 1 < n_cuts; ++c)
             for (int64_t j = 0; j < cw; ++j) counts[(c + 1) * width + j0 + j] = cnt[c][j];
     }

@@ -56,7 +56,6 @@ class Positions:
         self.n_windows = 0
         self.pending = 0
         """Windows counted in the float32 total ``active``."""
-        self.pos_tokens = torch.zeros(window, dtype=torch.long, device=device)
         self.active = torch.zeros(self.shape, dtype=torch.float32, device=device)
         self.moved: torch.Tensor | None = None
         self.pos_sum = torch.zeros(self.shape, dtype=torch.float64, device=device)
@@ -73,12 +72,12 @@ class Positions:
             self.pending = 0
         self.n_windows += n
         self.pending += n
-        self.pos_tokens += n
         self.active += reduced.position_active
         self.pos_sum += reduced.position_sum
-        self.pearson_sum += reduced.windows.pearson().sum(0)
+        self.pearson_sum += reduced.windows.pearson_total()
 
     def arrays(self) -> dict[str, np.ndarray]:
         active = self.active.long() if self.moved is None else self.moved + self.active.long()
-        return {"pos_tokens": self.pos_tokens.cpu().numpy(), "pos_active": active.cpu().numpy(),
+        pos_tokens = np.full(self.shape[0], self.n_windows, dtype=np.int64)  # every full window covers every position
+        return {"pos_tokens": pos_tokens, "pos_active": active.cpu().numpy(),
                 "pos_sum": self.pos_sum.cpu().numpy(), "pearson_sum": self.pearson_sum.cpu().numpy()}
