@@ -109,9 +109,9 @@ class StatisticsCollector:
             promotion = self.rows.update(tokens)
             for stats in self.stats.values():
                 stats.tokens.prepare(promotion)
-            rows = self.rows.row_of[tokens]
+            tier, slot = self.rows.locate(tokens)
             keep = None if bool(kept[real].all()) else kept[real]
-            batch.parts = tier_parts(keep, self.rows.tier[rows].to(real.device), self.rows.slot[rows].to(real.device))
+            batch.parts = tier_parts(keep, tier.to(real.device), slot.to(real.device))
         if self.trigram_rows is not None:
             positions = trigram_positions(real, kept)
             batch.trigram, batch.outside = positions[real], (~positions)[real].nonzero().flatten()
@@ -172,11 +172,11 @@ class StatisticsCollector:
             threshold=self.threshold,
             activation=self.rule.name,
             sweep=tuple(self.config.sweep),
-            token_ids=None if rows is None else rows.token_ids.numpy(),
-            token_occurrences=None if rows is None else rows.occurrences.numpy(),
+            token_ids=None if rows is None else rows.token_ids,
+            token_occurrences=None if rows is None else rows.occurrences,
             excluded_token_ids=tuple(sorted(self.config.exclude_token_ids)),
-            token_tier=None if rows is None else rows.tier.numpy(),
-            token_slot=None if rows is None else rows.slot.numpy(),
+            token_tier=None if rows is None else rows.tier,
+            token_slot=None if rows is None else rows.slot,
             trigram_tokens=None if trigrams is None else trigrams.tokens(),
             trigram_occurrences=None if trigrams is None else trigrams.occurrences.copy(),
         )

@@ -27,12 +27,12 @@ COUNT_TIERS: tuple[tuple[torch.dtype, int], ...] = (
 )
 """Storage tiers of the per-token count table: ``(dtype, largest count it holds)``."""
 
-_TIER_LIMITS = torch.tensor([limit for _, limit in COUNT_TIERS[:-1]], dtype=torch.long)
+_TIER_LIMITS = np.array([limit for _, limit in COUNT_TIERS[:-1]], dtype=np.int64)
 
 
-def count_tier(occurrences: torch.Tensor) -> torch.Tensor:
+def count_tier(occurrences: np.ndarray) -> np.ndarray:
     """Index of the narrowest tier of :data:`COUNT_TIERS` that holds each count."""
-    return torch.searchsorted(_TIER_LIMITS, occurrences)
+    return np.searchsorted(_TIER_LIMITS, occurrences)
 
 
 @dataclass(frozen=True)
@@ -50,46 +50,63 @@ class TokenRows:
 
     Shared by every layer, so a row means the same token in all layers. Rows are assigned in
     order of first appearance; a row's tier is the narrowest that holds its token's occurrence
-    count (:func:`count_tier`).
+    count (:func:`count_tier`). The bookkeeping lives in host numpy arrays (``row_of [V]``,
+    ``occurrences [V]``, and per row ``token_ids``, ``tier``, ``slot``): a batch updates only the
+    rows of the tokens it holds, a few dozen small array operations, each about a microsecond on
+    numpy where a small torch operation takes several.
     """
 
     def __init__(self, vocab_size: int) -> None:
-        self.row_of = torch.full((vocab_size,), -1, dtype=torch.long)
-        self.token_ids = torch.empty(0, dtype=torch.long)
-        self.occurrences = torch.zeros(vocab_size, dtype=torch.long)
-        self.tier = torch.empty(0, dtype=torch.long)
-        self.slot = torch.empty(0, dtype=torch.long)
+        self.row_of = np.full(vocab_size, -1, dtype=np.int64)
+        self.token_ids = np.empty(0, dtype=np.int64)
+        self.occurrences = np.zeros(vocab_size, dtype=np.int64)
+        self.tier = np.empty(0, dtype=np.int64)
+        self.slot = np.empty(0, dtype=np.int64)
         self.tier_rows = [0] * len(COUNT_TIERS)
         """Slots handed out so far in each tier."""
 
     @property
     def size(self) -> int:
-        return self.token_ids.numel()
+        return self.token_ids.size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.row_of.size
 
     def update(self, tokens: torch.Tensor) -> Promotion:
         """Count ``tokens`` (CPU), give new tokens rows and every row the tier its new occurrence
-        count needs; return the rows that moved to a wider tier."""
-        self.occurrences += torch.bincount(tokens, minlength=self.row_of.numel())
+        count needs; return the rows that moved to a wider tier. Only the rows of this batch's
+        tokens can change tier; the changed ones get their new slots in row order."""
+        present, counts = np.unique(tokens.numpy(), return_counts=True)
+        self.occurrences[present] += counts
+        fresh = present[self.row_of[present] < 0]
         old_size = self.size
-        new = torch.unique(tokens[self.row_of[tokens] < 0])
-        self.row_of[new] = torch.arange(old_size, old_size + new.numel())
-        self.token_ids = torch.cat([self.token_ids, new])
-        needed = count_tier(self.occurrences[self.token_ids])
-        previous = torch.cat([self.tier, torch.full((new.numel(),), -1, dtype=torch.long)])
-        changed = (needed != previous).nonzero().flatten()
-        slots = torch.empty_like(changed)
+        self.row_of[fresh] = np.arange(old_size, old_size + fresh.size)
+        self.token_ids = np.concatenate([self.token_ids, fresh])
+        self.tier = np.concatenate([self.tier, np.full(fresh.size, -1, dtype=np.int64)])
+        self.slot = np.concatenate([self.slot, np.full(fresh.size, -1, dtype=np.int64)])
+        rows = self.row_of[present]
+        needed = count_tier(self.occurrences[present])
+        differs = needed != self.tier[rows]
+        order = np.argsort(rows[differs], kind="stable")
+        changed, to_tier = rows[differs][order], needed[differs][order]
+        slots = np.empty_like(changed)
         for tier in range(len(COUNT_TIERS)):
-            into = needed[changed] == tier
-            count = int(into.sum())
-            slots[into] = torch.arange(self.tier_rows[tier], self.tier_rows[tier] + count)
+            into = to_tier == tier
+            count = int(np.count_nonzero(into))
+            slots[into] = np.arange(self.tier_rows[tier], self.tier_rows[tier] + count)
             self.tier_rows[tier] += count
         moved = changed < old_size
-        promotion = Promotion(self.tier[changed[moved]], self.slot[changed[moved]], needed[changed[moved]],
-                              slots[moved])
-        self.tier = needed
-        self.slot = torch.cat([self.slot, torch.empty(new.numel(), dtype=torch.long)])
+        promotion = Promotion(*(torch.from_numpy(a) for a in (
+            self.tier[changed[moved]], self.slot[changed[moved]], to_tier[moved], slots[moved])))
+        self.tier[changed] = to_tier
         self.slot[changed] = slots
         return promotion
+
+    def locate(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tier, slot)`` of each of ``tokens`` (CPU, all counted by :meth:`update`), int64 tensors."""
+        rows = self.row_of[tokens.numpy()]
+        return torch.from_numpy(self.tier[rows]), torch.from_numpy(self.slot[rows])
 
 
 def packed(counts: torch.Tensor) -> torch.Tensor:
@@ -199,7 +216,7 @@ class TokenStatistics:
 
     def __init__(self, width: int, rows: TokenRows, device: torch.device, trigrams: bool) -> None:
         self.rows = rows
-        self.table = TokenCountTable(width, rows.row_of.numel(), device)
+        self.table = TokenCountTable(width, rows.vocab_size, device)
         self.trigram_active = torch.zeros(width, dtype=torch.long, device=device) if trigrams else None
 
     def prepare(self, promotion: Promotion) -> None:
