@@ -9,7 +9,7 @@ asks for while it is in a register: per segment (a window's real rows) ``Σ a``,
 (double), the extremes and the counts at τ and at every τ_s of the sweep (int64, exact); the bool
 table; per position of the full windows the active counts and ``Σ a`` (float32, as :mod:`.blocks`);
 over the full windows the sum of their Pearson r (double; ``WindowMoments.pearson_sum``).
-Every output is written by the loop (no zero-filled buffers: three allocations per layer and batch).
+Every output is written by the loop (no zero-filled buffers: three output allocations per layer and batch).
 :func:`add_token_rows` adds mask rows into the per-token count table (:mod:`.tokens`). Sums of float32 values and
 of their products accumulate in double, so they are more exact than the blocks' float32 partial
 sums (the exactness tests compare both with float64 brute force; counts are identical). The
