@@ -4,13 +4,14 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
 
     nice -n 10 python benchmarks/bench_capture.py [--pairs 5] [--shapes gpt2-small mamba-130m tiny-gpt2 ...]
                                                   [--device cpu] [--dtype float32] [--memory]
-                                                  [--windows N] [--threads N] [--compile]
+                                                  [--windows N] [--batch-size B] [--threads N] [--compile]
 
 * **Shapes.** ``gpt2-small``: ``GPT2Config()`` defaults (768 wide, 12 layers, 12 heads, vocabulary
   50,257), 8 × 512 tokens; ``mamba-130m``: 768 wide, 24 layers, intermediate 1536, state 16,
   Δ rank 48, vocabulary 50,280, 2 × 512 tokens; both with random weights (the weights do not change
   the cost). ``tiny-gpt2``, ``tiny-mamba``, ``tiny-opt``: the built-in models, as the default suite captures
-  them: 390 × 128 tokens (50k) in batches of 8 windows.
+  them: 390 × 128 tokens (50k) in batches of 32 windows (the default batch,
+  :func:`neuronbench.batching.windows_per_batch`: 4096 tokens); ``--batch-size`` times another one.
 * **Time.** For each shape and method, ``--pairs`` alternating pairs (plain forward, then the
   method, over the same batches) in one process; the ratio of each pair's CPU times (wall time on
   a GPU, after synchronising), reported as min / median / max. Methods: neuronbench's full
@@ -61,6 +62,7 @@ import pytest
 import torch
 
 from neuronbench.allocator import retain_freed_memory
+from neuronbench.batching import windows_per_batch
 from neuronbench.capture import CaptureConfig, batches, capture_statistics
 from neuronbench.capture.collector import StatisticsCollector
 from neuronbench.capture.config import DEFAULT_SWEEP
@@ -71,7 +73,7 @@ from neuronbench.toy import build_toy_model
 WINDOW = 512
 BUILTIN_WINDOWS = 390
 """Windows of 128 tokens per timed pass of a built-in model: the default suite's capture (``--max-tokens``
-50,000, ``--analysis-window`` 128, ``--batch-size`` 8: 49 batches), so that its one-off costs per pass
+50,000, ``--analysis-window`` 128, the default batch of 4096 tokens: 13 batches), so that its one-off costs per pass
 (the first batch's layer scale, the tables' first allocation, the result) weigh as they do there."""
 
 
@@ -95,7 +97,7 @@ SHAPES = {
     "mamba-130m": Shape("mamba", dict(hidden_size=768, num_hidden_layers=24, expand=2, state_size=16,
                                       time_step_rank=48, conv_kernel=4, vocab_size=50280),
                         n_windows=2, memory_windows=(1, 4)),
-    **{name: Shape(family, builtin=name, window=128, n_windows=BUILTIN_WINDOWS, batch_size=8)
+    **{name: Shape(family, builtin=name, window=128, n_windows=BUILTIN_WINDOWS, batch_size=windows_per_batch(None, 128))
        for name, family in (("tiny-gpt2", "gpt2"), ("tiny-mamba", "mamba"), ("tiny-opt", "opt"))},
 }
 """The issue's shapes (GPT-2-small: ``GPT2Config()`` defaults; mamba-130m: intermediate 1536) with
@@ -316,7 +318,7 @@ def table(args: argparse.Namespace) -> list[str]:
             shape = SHAPES[name]
             loaded = build_shape(name, Path(root), args.device, args.dtype)
             windows = synthetic_windows(loaded.model.config.vocab_size, args.windows or shape.n_windows, shape.window)
-            batch_size = min(shape.batch_size or windows.input_ids.shape[0], windows.input_ids.shape[0])
+            batch_size = min(args.batch_size or shape.batch_size or windows.input_ids.shape[0], windows.input_ids.shape[0])
             now, base = clock(loaded.device), plain(loaded, windows, batch_size)
             tokens = f"{windows.n_tokens} ({-(-windows.input_ids.shape[0] // batch_size)} batches)"
             for method in chosen:
@@ -352,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--windows", type=int, default=None,
                         help="windows per timed pass (default: 2 for mamba-130m, 390 for the built-in models, else 8)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per batch (default: one batch for gpt2-small and mamba-130m, 32 for the built-in models)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the passes with the compiled per-layer update")
@@ -375,7 +379,7 @@ PEAK_SCRIPT = textwrap.dedent("""
     loaded = load_model(sys.argv[1], device="cpu", dtype="float32")
     windows = synthetic_windows(loaded.model.config.vocab_size, int(sys.argv[2]), window=128)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(batch_size=8), progress=False)
+    capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(), progress=False)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_mib": after / 1024, "growth_mib": (after - before) / 1024}))
 """)

@@ -1,4 +1,12 @@
-"""Batch size that backs off on out-of-memory.
+"""Batch sizes: a token budget by default, and a back-off on out-of-memory.
+
+Without an explicit batch size, every pass over windows of ``L`` tokens runs
+:func:`windows_per_batch` ``= max(1, ⌊BATCH_TOKENS / L⌋)`` windows per forward pass: 32 windows
+of the default analysis window (128 tokens), 4 of GPT-2's 1024-token perplexity windows. A pass
+costs a fixed amount per batch and layer (hooks, the statistics' per-batch reductions, kernel
+launches) on top of its per-token work, so batches of a few windows of short length waste time;
+a token budget keeps that overhead small for any window length while the memory of one batch
+stays bounded (it is flat in the number of batches).
 
 Before a pass over equal-length windows, :func:`fit_batch_size` runs one plain forward pass (no
 hooks, nothing recorded) on the first ``batch_size`` windows and halves the batch size on a
@@ -15,6 +23,22 @@ import torch
 from neuronbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+BATCH_TOKENS = 4096
+"""Tokens per forward pass when no batch size is given (:func:`windows_per_batch`)."""
+
+
+def windows_per_batch(batch_size: int | None, window_length: int) -> int:
+    """``batch_size`` windows, or with ``None`` as many windows of ``window_length`` tokens as
+    fill :data:`BATCH_TOKENS`: ``max(1, ⌊BATCH_TOKENS / window_length⌋)``."""
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch size must be a positive integer (or None: {BATCH_TOKENS} tokens per batch), "
+                              f"got {batch_size!r}")
+        return batch_size
+    if window_length < 1:
+        raise ConfigError(f"window length must be positive, got {window_length}")
+    return max(1, BATCH_TOKENS // window_length)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

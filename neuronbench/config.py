@@ -40,7 +40,7 @@ class RunConfig:
     max_length: int | None = None
     stride: int | None = None
     analysis_window: int = 128
-    batch_size: int = 8
+    batch_size: int | None = None
     device: str = "auto"
     dtype: str = "auto"
     seeds: int = 5
@@ -232,7 +232,7 @@ OPTIONS: tuple[Option, ...] = (
            check=integer(1)),
     Option("--analysis-window", "analysis_window", int, "analysis window length T (default 128)",
            check=integer(2, " (positions need at least two)")),
-    Option("--batch-size", "batch_size", int, "windows per forward pass (default 8; backs off on OOM)",
+    Option("--batch-size", "batch_size", int, "windows per forward pass (default: as many as fill 4096 tokens, 32 windows of the default --analysis-window; backs off on OOM)",
            check=integer(1)),
     Option("--device", "device", str, "cpu, cuda, cuda:1 … (default auto)", check=device_spec),
     Option("--dtype", "dtype", str, "float32, bfloat16, float16 (default auto: bf16 on GPU, else fp32)",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from neuronbench.batching import windows_per_batch
 from neuronbench.capture import ActivationStatistics
 from neuronbench.data import TokenWindows
 from neuronbench.errors import CaptureError
@@ -46,8 +47,9 @@ class NeuronContext:
 
 
 def _window_activations(model: torch.nn.Module, adapter, windows: TokenWindows, needed: np.ndarray,
-                        chosen: Mapping[int, np.ndarray], batch_size: int) -> dict[int, torch.Tensor]:
+                        chosen: Mapping[int, np.ndarray], batch_size: int | None) -> dict[int, torch.Tensor]:
     """``{layer: [len(needed), T, len(chosen[layer])]}`` activations of the chosen neurons."""
+    batch_size = windows_per_batch(batch_size, windows.input_ids.shape[1])
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in chosen}
     columns = {layer: torch.as_tensor(idx, dtype=torch.long) for layer, idx in chosen.items()}
 
@@ -71,7 +73,7 @@ def _window_activations(model: torch.nn.Module, adapter, windows: TokenWindows, 
 
 def top_contexts(model: torch.nn.Module, adapter, windows: TokenWindows, stats: ActivationStatistics,
                  neurons: Mapping[int, Sequence[int]], before: int = BEFORE, after: int = AFTER,
-                 batch_size: int = 8) -> dict[tuple[int, int], list[NeuronContext]]:
+                 batch_size: int | None = None) -> dict[tuple[int, int], list[NeuronContext]]:
     """``{(layer, neuron): contexts}`` in descending activation, for the chosen ``neurons``."""
     chosen = {layer: np.unique(np.asarray(idx, dtype=np.int64)) for layer, idx in neurons.items() if len(idx)}
     for layer in chosen:

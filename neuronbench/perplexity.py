@@ -70,13 +70,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from neuronbench.data import Corpus, token_stream, tokenize_documents
-from neuronbench.batching import fit_batch_size
+from neuronbench.batching import fit_batch_size, windows_per_batch
 from neuronbench.errors import ConfigError, CorpusError, NonFiniteLossError
 
 DEFAULT_MAX_LENGTH = 1024
 """Window used when the model has no context limit, and the cap of the default window."""
 
-DEFAULT_BATCH_SIZE = 8
 CONTEXT_ATTRIBUTES = ("n_positions", "max_position_embeddings")
 IGNORE_INDEX = -100
 _WHITESPACE = re.compile(r"\s+")
@@ -280,17 +279,17 @@ def _window_nll(model: nn.Module, windows: ScoringWindows, rows: list[int],
     return torch.where(scored, nll, 0.0).double().sum(dim=1).cpu()
 
 
-def score_windows(model: nn.Module, windows: ScoringWindows, batch_size: int = DEFAULT_BATCH_SIZE,
+def score_windows(model: nn.Module, windows: ScoringWindows, batch_size: int | None = None,
                   progress: bool = False) -> torch.Tensor:
     """Summed NLL (nats, float64) of each window's scored tokens, ``[n_windows]``.
 
-    Windows are run in batches of ``batch_size`` (longest first, padded on the right to the
-    batch's longest window) under ``torch.inference_mode`` with ``use_cache=False``. On a GPU the
-    batch size is probed on the longest windows first and halved on out-of-memory
+    Windows are run in batches of ``batch_size`` (``None``:
+    :func:`neuronbench.batching.windows_per_batch` of the longest window; longest first, padded on
+    the right to the batch's longest window) under ``torch.inference_mode`` with
+    ``use_cache=False``. On a GPU the batch size is probed on the longest windows first and halved on out-of-memory
     (:func:`neuronbench.batching.fit_batch_size`).
     """
-    if not _is_int(batch_size) or batch_size <= 0:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = windows_per_batch(batch_size, windows.inputs.shape[1])
     device = next(model.parameters()).device
     order = _batch_order(windows)
     first = torch.tensor(order[:batch_size])
@@ -344,7 +343,7 @@ class TokenEvaluation:
     n_stream_tokens: int
     source: dict = field(default_factory=dict)
 
-    def evaluate(self, model: nn.Module, batch_size: int = DEFAULT_BATCH_SIZE,
+    def evaluate(self, model: nn.Module, batch_size: int | None = None,
                  progress: bool = False) -> TokenPerplexity:
         nll = score_windows(model, self.windows, batch_size, progress)
         return TokenPerplexity(float(nll.sum()), self.windows.n_scored, self.window, self.stride,
@@ -381,7 +380,7 @@ def token_evaluation_for_corpus(config: Any, corpus: Corpus, tokenizer: Any,
 
 
 def token_perplexity(model: nn.Module, stream: torch.Tensor, max_length: int | None = None,
-                     stride: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                     stride: int | None = None, batch_size: int | None = None,
                      progress: bool = False) -> TokenPerplexity:
     """Sliding-window token perplexity of ``model`` over ``stream`` (module docstring)."""
     evaluation = prepare_token_evaluation(model.config, stream, max_length, stride)
@@ -463,7 +462,7 @@ class DocumentEvaluation:
     n_documents: int
     source: dict = field(default_factory=dict)
 
-    def evaluate(self, model: nn.Module, batch_size: int = DEFAULT_BATCH_SIZE,
+    def evaluate(self, model: nn.Module, batch_size: int | None = None,
                  progress: bool = False) -> DocumentPerplexity:
         nll = score_windows(model, self.windows, batch_size, progress)
         return DocumentPerplexity(float(nll.sum()), self.windows.n_scored, self.n_words,
@@ -487,7 +486,7 @@ def prepare_document_evaluation(config: Any, corpus: Corpus, tokenizer: Any,
 
 def document_perplexity(model: nn.Module, corpus: Corpus, tokenizer: Any,
                         max_length: int | None = None, prefix_token_id: int | None = None,
-                        batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False
+                        batch_size: int | None = None, progress: bool = False
                         ) -> DocumentPerplexity:
     """Word perplexity, byte perplexity and bits per byte of ``corpus`` (module docstring)."""
     evaluation = prepare_document_evaluation(model.config, corpus, tokenizer, max_length,

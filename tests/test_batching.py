@@ -1,12 +1,18 @@
-"""Batch back-off: the probe halves the batch size on out-of-memory, before anything is recorded."""
+"""Batch sizes: the default token budget, and the back-off that halves the batch size on
+out-of-memory before anything is recorded."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from neuronbench.batching import fit_batch_size
+from neuronbench import batching
+from neuronbench.batching import BATCH_TOKENS, fit_batch_size, windows_per_batch
+from neuronbench.capture import CaptureConfig, capture_statistics
+from neuronbench.data import TokenWindows
 from neuronbench.errors import ConfigError
+from neuronbench.models import load_model
 
 
 class FakeGpuModel(torch.nn.Module):
@@ -51,3 +57,39 @@ def test_cpu_keeps_the_requested_size_and_bad_sizes_are_rejected():
     assert fit_batch_size(model, ids, torch.ones_like(ids), 4) == 4
     with pytest.raises(ConfigError):
         fit_batch_size(model, ids, torch.ones_like(ids), 0)
+
+
+def test_the_default_batch_fills_the_token_budget_and_an_explicit_size_is_kept():
+    assert BATCH_TOKENS == 4096
+    assert windows_per_batch(None, 128) == 32
+    assert windows_per_batch(None, 1024) == 4
+    assert windows_per_batch(None, 129) == 31
+    assert windows_per_batch(None, 5000) == 1
+    assert windows_per_batch(3, 128) == 3
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ConfigError, match="batch size must be a positive integer"):
+            windows_per_batch(bad, 128)
+
+
+def test_a_default_capture_runs_token_budget_batches_with_the_same_statistics(toy_model_dir, monkeypatch):
+    """With no batch size the capture runs ⌊BATCH_TOKENS / T⌋ windows per forward pass; the
+    statistics of a rule without a first-batch scale equal those of any other batching."""
+    loaded = load_model(str(toy_model_dir("opt")), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (10, 16), generator=torch.Generator().manual_seed(0))
+    windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
+    monkeypatch.setattr(batching, "BATCH_TOKENS", 64)
+    sizes: list[int] = []
+    handle = loaded.model.register_forward_pre_hook(lambda _, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]),
+                                                    with_kwargs=True)
+    auto = capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(activation="positive"),
+                              progress=False)
+    handle.remove()
+    assert sizes == [4, 4, 2]
+    three = capture_statistics(loaded.model, loaded.adapter, windows,
+                               CaptureConfig(activation="positive", batch_size=3), progress=False)
+    for layer in range(loaded.adapter.num_layers):
+        got, expected = auto.layer(layer), three.layer(layer)
+        for name in ("active_count", "sweep_count", "pos_active"):
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+        for name in ("sum_sq", "abs_sum", "max", "min", "pearson_sum"):
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-9, err_msg=name)

@@ -38,7 +38,6 @@ from neuronbench.ablation.hooks import ablated, check_mode, checked_set, resolve
 from neuronbench.ablation.neurons import NeuronSetLike, counts, pairs
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.capture import ActivationStatistics
-from neuronbench.perplexity import DEFAULT_BATCH_SIZE
 
 
 class PerplexityResult(Protocol):
@@ -53,7 +52,7 @@ class Evaluation(Protocol):
 
     source: dict
 
-    def evaluate(self, model: nn.Module, batch_size: int = ..., progress: bool = ...
+    def evaluate(self, model: nn.Module, batch_size: int | None = ..., progress: bool = ...
                  ) -> PerplexityResult: ...
 
 
@@ -134,12 +133,13 @@ class AblationRunner:
     ``stats`` are the analysis split's statistics (needed for mean-ablation and matched controls), or
     a function that computes them, called when first needed; ``seeds`` the random-control seeds
     (:func:`~neuronbench.ablation.controls.resolve_seeds`); ``control`` the draw rule of the
-    conditions that can be matched (:func:`~neuronbench.ablation.controls.draw_rule`).
+    conditions that can be matched (:func:`~neuronbench.ablation.controls.draw_rule`); ``batch_size``
+    the windows per forward pass (``None``: :func:`neuronbench.batching.windows_per_batch`).
     """
 
     def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, evaluation: Evaluation,
                  stats: ActivationStatistics | Callable[[], ActivationStatistics] | None = None,
-                 seeds: int | Sequence[int] = DEFAULT_SEEDS, batch_size: int = DEFAULT_BATCH_SIZE,
+                 seeds: int | Sequence[int] = DEFAULT_SEEDS, batch_size: int | None = None,
                  analysis_split: str = "train", progress: bool = False, control: str = "matched") -> None:
         self.model = model
         self.adapter = adapter

@@ -33,6 +33,7 @@ from neuronbench.ablation.controls import ControlSummary, resolve_seeds, summari
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET
 from neuronbench.attention.knockout import NO_KNOCKOUT, Knockout, knocked_out, random_knockout
+from neuronbench.batching import windows_per_batch
 from neuronbench.errors import ConfigError, NonFiniteLossError
 
 @dataclass(frozen=True)
@@ -55,10 +56,12 @@ class KnockoutScore:
 
 
 def score_windows(model: nn.Module, sequences: torch.Tensor, targets: torch.Tensor,
-                  batch_size: int) -> KnockoutScore:
+                  batch_size: int | None) -> KnockoutScore:
     """:class:`KnockoutScore` of ``sequences`` ``[n, T + 1]`` (the model reads the first ``T``)
-    with target rows ``targets`` (bool ``[T]``), under whatever knockout is active."""
+    with target rows ``targets`` (bool ``[T]``), under whatever knockout is active, in batches of
+    ``batch_size`` sequences (``None``: :func:`neuronbench.batching.windows_per_batch`)."""
     device = next(model.parameters()).device
+    batch_size = windows_per_batch(batch_size, sequences.shape[1] - 1)
     nll_sum, prob_sum = 0.0, 0.0
     with torch.inference_mode():
         for start in range(0, sequences.shape[0], batch_size):
@@ -110,7 +113,7 @@ class KnockoutRunner:
     baseline is computed once."""
 
     def __init__(self, model: nn.Module, adapter: ArchitectureAdapter, sequences: torch.Tensor,
-                 seeds: int | Sequence[int] = 5, batch_size: int = 8,
+                 seeds: int | Sequence[int] = 5, batch_size: int | None = None,
                  memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET) -> None:
         if sequences.dim() != 2 or sequences.shape[0] == 0 or sequences.shape[1] < 3:
             raise ConfigError(f"knockout windows must be [n ≥ 1, T + 1 ≥ 3] token ids, got {tuple(sequences.shape)}")

@@ -67,6 +67,7 @@ from neuronbench.attention.kinds import attention_units
 from neuronbench.attention.sampling import (DEFAULT_TIME_BUDGET_S, BudgetedWindows, WindowSample,
                                            estimated_window_seconds)
 from neuronbench.attention.units import AttentionUnits, UnitWindow
+from neuronbench.batching import windows_per_batch
 from neuronbench.data import TokenWindows
 from neuronbench.errors import CaptureError, ConfigError
 
@@ -87,7 +88,8 @@ class AttentionConfig:
     ``layers``: the analysed layers (``None``/``"all"``: all; rollout runs over exactly these, so
     keep all layers for a faithful rollout); ``rollout_mass``: see the module docstring;
     ``memory_budget_bytes``: extra memory for one layer's hidden attention;
-    ``batch_size``: windows per forward/backward pass; ``time_budget_s`` (``None``: no limit)
+    ``batch_size``: windows per forward/backward pass (``None``: as many as fill
+    :data:`neuronbench.batching.BATCH_TOKENS`); ``time_budget_s`` (``None``: no limit)
     and ``max_windows`` (``None``: all): how many windows are scored
     (:mod:`neuronbench.attention.sampling`).
     """
@@ -95,7 +97,7 @@ class AttentionConfig:
     layers: tuple[int, ...] | str | None = None
     rollout_mass: float = DEFAULT_ROLLOUT_MASS
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
-    batch_size: int = 1
+    batch_size: int | None = 1
     time_budget_s: float | None = DEFAULT_TIME_BUDGET_S
     max_windows: int | None = None
 
@@ -369,7 +371,8 @@ def attention_unit_scores(model: nn.Module, adapter: ArchitectureAdapter, window
     device = next(model.parameters()).device
     n_tokens = n_windows = 0
     window_seconds = estimated_window_seconds(model, adapter, layers, windows.input_ids.shape[1])
-    chosen = BudgetedWindows(windows, config.batch_size, window_seconds, config.time_budget_s, config.max_windows)
+    batch_size = windows_per_batch(config.batch_size, windows.input_ids.shape[1])
+    chosen = BudgetedWindows(windows, batch_size, window_seconds, config.time_budget_s, config.max_windows)
     for _rows, input_ids, mask in tqdm(chosen, total=len(chosen), desc="attention units", unit="batch",
                                        disable=not progress):
         seen = unit_pass(model, adapter, layers, units.kinds, input_ids.to(device), mask.to(device))

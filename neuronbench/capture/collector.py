@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.activation import resolve_threshold
 from neuronbench.adapters.base import parse_layers
-from neuronbench.batching import fit_batch_size
+from neuronbench.batching import fit_batch_size, windows_per_batch
 from neuronbench.capture.batch import BatchContext, Workspace
 from neuronbench.capture.checks import FiniteCheck, model_label
 from neuronbench.capture.config import CaptureConfig, NeuronLayout
@@ -202,7 +202,8 @@ def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, win
     device = next(model.parameters()).device
     collector = StatisticsCollector(adapter, config, windows.input_ids.shape[1],
                                     model.config.vocab_size, device)
-    batch_size = fit_batch_size(model, windows.input_ids, windows.attention_mask, config.batch_size)
+    requested = windows_per_batch(config.batch_size, windows.input_ids.shape[1])
+    batch_size = fit_batch_size(model, windows.input_ids, windows.attention_mask, requested)
     total = -(-windows.input_ids.shape[0] // batch_size)
     with torch.inference_mode(), collector.hooked():
         for input_ids, attention_mask in tqdm(batches(windows, batch_size), total=total,

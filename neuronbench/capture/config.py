@@ -25,7 +25,8 @@ class CaptureConfig:
     activating positions per neuron (:mod:`.topk`; 0: not kept); ``compile`` computes the moments' and
     the window statistics' per-batch reductions with ``torch.compile`` (:mod:`.compiled`; off by
     default: the first batch compiles for tens of seconds on a CPU; a failure to compile falls back
-    to the eager code with a warning).
+    to the eager code with a warning); ``batch_size`` windows per forward pass (``None``:
+    :func:`neuronbench.batching.windows_per_batch`, 4096 tokens per batch).
     """
 
     layers: tuple[int, ...] | str | None = None
@@ -37,7 +38,7 @@ class CaptureConfig:
     token_counts: bool = True
     delta: bool | None = None
     exclude_token_ids: frozenset[int] = frozenset()
-    batch_size: int = 8
+    batch_size: int | None = None
     trigrams: bool = True
     trigram_neurons: Mapping[int, Sequence[int]] | str | None = None
     top_activations: int = 0

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.adapters.base import parse_layers
+from neuronbench.batching import windows_per_batch
 from neuronbench.data import TokenWindows
 from neuronbench.detectors.delta import TOP_K, require_delta
 from neuronbench.detectors.null import WARN_FRACTION, NullCalibration, calibrate
@@ -170,17 +171,19 @@ def permutation_null(change: np.ndarray, magnitude: np.ndarray, scores: np.ndarr
 def input_change_sensitivity(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows, *,
                              layers: Sequence[int] | str | None = None, n_samples: int = N_SAMPLES,
                              horizon: int = HORIZON, top_k: int = TOP_K, eps: float = NORMALIZER_EPS,
-                             seed: int = 0, exclude_token_ids: Sequence[int] = (), batch_size: int = 8,
+                             seed: int = 0, exclude_token_ids: Sequence[int] = (), batch_size: int | None = None,
                              warn_fraction: float = WARN_FRACTION, progress: bool = False) -> dict[int, Detection]:
     """Input-change sensitivity of every neuron of ``layers`` (module docstring); the ``top_k`` per layer,
     with the chance-spread null.
 
-    ``details``: ``mean_change``, ``mean_abs_activation`` and ``robust_z`` per neuron.
+    ``details``: ``mean_change``, ``mean_abs_activation`` and ``robust_z`` per neuron. ``batch_size``:
+    samples per forward pass, each an original and a perturbed window (``None``: as many as fill
+    :data:`neuronbench.batching.BATCH_TOKENS` with both).
     """
     n_samples = check_count("input-change samples", n_samples)
     horizon = check_count("input-change horizon", horizon)
     k = check_count("top-k", top_k)
-    batch_size = check_count("batch size", batch_size)
+    batch_size = windows_per_batch(batch_size, 2 * windows.input_ids.shape[1])
     eps = check_range("input-change normaliser eps", eps, 0.0, 1.0, low_open=True)
     chosen = parse_layers(layers, adapter.num_layers)
     window, position, replacement = draw_replacements(windows, model.config.vocab_size, n_samples, horizon, seed,

@@ -130,7 +130,7 @@ def trigram_candidates(stats: ActivationStatistics, *, layers: Sequence[int] | s
 
 def capture_trigram_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows,
                                stats: ActivationStatistics, *, max_trigrams: int = MAX_TRIGRAMS,
-                               coverage: float = NGRAM_COVERAGE, batch_size: int = 8,
+                               coverage: float = NGRAM_COVERAGE, batch_size: int | None = None,
                                progress: bool = True) -> ActivationStatistics | None:
     """Step 2: one more forward pass over the *same* ``windows`` (same activation rule, τ, layer
     scales and excluded tokens as the pass that produced ``stats``) keeping exact trigram tables for
