@@ -1,12 +1,13 @@
 """Batch sizes: a token budget by default, and a back-off on out-of-memory.
 
 Without an explicit batch size, every pass over windows of ``L`` tokens runs
-:func:`windows_per_batch` ``= max(1, ⌊BATCH_TOKENS / L⌋)`` windows per forward pass: 32 windows
-of the default analysis window (128 tokens), 4 of GPT-2's 1024-token perplexity windows. A pass
-costs a fixed amount per batch and layer (hooks, the statistics' per-batch reductions, kernel
-launches) on top of its per-token work, so batches of a few windows of short length waste time;
-a token budget keeps that overhead small for any window length while the memory of one batch
-stays bounded (it is flat in the number of batches).
+:func:`windows_per_batch` ``= max(MIN_BATCH_WINDOWS, ⌊BATCH_TOKENS / L⌋)`` windows per forward
+pass: 32 windows of the default analysis window (128 tokens), 8 of GPT-2's 1024-token perplexity
+windows. A pass costs a fixed amount per batch and layer (hooks, the statistics' per-batch
+reductions, kernel launches) and, in transformers' slow Mamba path on a CPU, a Python step per
+position of the window; so short windows want more of them per batch (the token budget) and
+long ones at least a few (the floor, the batch of 8 windows that every pass ran before).
+The memory of one batch stays bounded (it is flat in the number of batches).
 
 Before a pass over equal-length windows, :func:`fit_batch_size` runs one plain forward pass (no
 hooks, nothing recorded) on the first ``batch_size`` windows and halves the batch size on a
@@ -25,12 +26,15 @@ from neuronbench.errors import ConfigError
 log = logging.getLogger(__name__)
 
 BATCH_TOKENS = 4096
-"""Tokens per forward pass when no batch size is given (:func:`windows_per_batch`)."""
+"""Tokens per forward pass, at least, when no batch size is given (:func:`windows_per_batch`)."""
+MIN_BATCH_WINDOWS = 8
+"""Windows per forward pass, at least, when no batch size is given (:func:`windows_per_batch`)."""
 
 
 def windows_per_batch(batch_size: int | None, window_length: int) -> int:
     """``batch_size`` windows, or with ``None`` as many windows of ``window_length`` tokens as
-    fill :data:`BATCH_TOKENS`: ``max(1, ⌊BATCH_TOKENS / window_length⌋)``."""
+    fill :data:`BATCH_TOKENS`, and at least :data:`MIN_BATCH_WINDOWS`:
+    ``max(MIN_BATCH_WINDOWS, ⌊BATCH_TOKENS / window_length⌋)``."""
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch size must be a positive integer (or None: {BATCH_TOKENS} tokens per batch), "
@@ -38,7 +42,7 @@ def windows_per_batch(batch_size: int | None, window_length: int) -> int:
         return batch_size
     if window_length < 1:
         raise ConfigError(f"window length must be positive, got {window_length}")
-    return max(1, BATCH_TOKENS // window_length)
+    return max(MIN_BATCH_WINDOWS, BATCH_TOKENS // window_length)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

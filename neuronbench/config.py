@@ -232,8 +232,8 @@ OPTIONS: tuple[Option, ...] = (
            check=integer(1)),
     Option("--analysis-window", "analysis_window", int, "analysis window length T (default 128)",
            check=integer(2, " (positions need at least two)")),
-    Option("--batch-size", "batch_size", int, "windows per forward pass (default: as many as fill 4096 tokens, 32 windows of the default --analysis-window; backs off on OOM)",
-           check=integer(1)),
+    Option("--batch-size", "batch_size", int, "windows per forward pass (default: enough for 4096 tokens and at "
+           "least 8: 32 windows of the default --analysis-window; backs off on OOM)", check=integer(1)),
     Option("--device", "device", str, "cpu, cuda, cuda:1 … (default auto)", check=device_spec),
     Option("--dtype", "dtype", str, "float32, bfloat16, float16 (default auto: bf16 on GPU, else fp32)",
            check=choice("auto", "float32", "bfloat16", "float16")),

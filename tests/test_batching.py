@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neuronbench import batching
-from neuronbench.batching import BATCH_TOKENS, fit_batch_size, windows_per_batch
+from neuronbench.batching import BATCH_TOKENS, MIN_BATCH_WINDOWS, fit_batch_size, windows_per_batch
 from neuronbench.capture import CaptureConfig, capture_statistics
 from neuronbench.data import TokenWindows
 from neuronbench.errors import ConfigError
@@ -60,11 +60,12 @@ def test_cpu_keeps_the_requested_size_and_bad_sizes_are_rejected():
 
 
 def test_the_default_batch_fills_the_token_budget_and_an_explicit_size_is_kept():
-    assert BATCH_TOKENS == 4096
+    assert (BATCH_TOKENS, MIN_BATCH_WINDOWS) == (4096, 8)
     assert windows_per_batch(None, 128) == 32
-    assert windows_per_batch(None, 1024) == 4
     assert windows_per_batch(None, 129) == 31
-    assert windows_per_batch(None, 5000) == 1
+    assert windows_per_batch(None, 512) == 8
+    assert windows_per_batch(None, 1024) == 8
+    assert windows_per_batch(None, 5000) == 8
     assert windows_per_batch(3, 128) == 3
     for bad in (0, -2, 2.5, True):
         with pytest.raises(ConfigError, match="batch size must be a positive integer"):
@@ -74,6 +75,7 @@ def test_the_default_batch_fills_the_token_budget_and_an_explicit_size_is_kept()
 def test_a_default_capture_runs_token_budget_batches_with_the_same_statistics(toy_model_dir, monkeypatch):
     """With no batch size the capture runs ⌊BATCH_TOKENS / T⌋ windows per forward pass; the
     statistics of a rule without a first-batch scale equal those of any other batching."""
+    monkeypatch.setattr(batching, "MIN_BATCH_WINDOWS", 1)
     loaded = load_model(str(toy_model_dir("opt")), device="cpu", dtype="float32")
     ids = torch.randint(0, loaded.model.config.vocab_size, (10, 16), generator=torch.Generator().manual_seed(0))
     windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())

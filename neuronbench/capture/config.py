@@ -26,7 +26,7 @@ class CaptureConfig:
     the window statistics' per-batch reductions with ``torch.compile`` (:mod:`.compiled`; off by
     default: the first batch compiles for tens of seconds on a CPU; a failure to compile falls back
     to the eager code with a warning); ``batch_size`` windows per forward pass (``None``:
-    :func:`neuronbench.batching.windows_per_batch`, 4096 tokens per batch).
+    :func:`neuronbench.batching.windows_per_batch`: 4096 tokens, at least 8 windows).
     """
 
     layers: tuple[int, ...] | str | None = None
