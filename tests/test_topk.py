@@ -1,5 +1,6 @@
-"""The streamed top-k activating positions equal a brute-force top-k over the full activation
-tensor (values exact; ties: any of the tied positions, see :mod:`neuronbench.capture.topk`)."""
+"""The streamed top-k activating positions equal a brute-force sort of the full activation tensor
+by (value descending, position ascending): values and positions exact, ties included, whatever
+the batching (:mod:`neuronbench.capture.topk`)."""
 
 from __future__ import annotations
 
@@ -49,19 +50,51 @@ def test_streamed_topk_equals_brute_force(toy_model_dir, family, k):
     acts = full_neurons(loaded, windows, 1).flatten(0, 1)  # [N·T, W], row = window·T + t
     real = windows.attention_mask.flatten().bool()
     kept = min(k, int(real.sum()))
-    reference = torch.topk(acts[real], kept, dim=0).values.numpy()
+    reference_values, reference_positions = brute_force_top(acts.numpy(), real.numpy(), kept)
     assert values.shape == positions.shape == (k, acts.shape[1])
-    np.testing.assert_array_equal(values[:kept], reference)  # exact, in descending order
+    np.testing.assert_array_equal(values[:kept], reference_values)  # exact, in descending order
+    np.testing.assert_array_equal(positions[:kept], reference_positions)
     assert (values[kept:] == -np.inf).all() and (positions[kept:] == -1).all()
+
+
+def brute_force_top(acts: np.ndarray, real: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[k, W]`` values and positions: each column's real positions sorted by (value descending,
+    position ascending), the first k."""
+    positions = np.flatnonzero(real)
+    values, where = np.empty((k, acts.shape[1]), np.float32), np.empty((k, acts.shape[1]), np.int64)
     for j in range(acts.shape[1]):
-        where = positions[:kept, j]
-        assert np.unique(where).size == kept and real[where].all()
-        np.testing.assert_array_equal(acts[where, j].numpy(), values[:kept, j])
+        order = np.lexsort((positions, -acts[positions, j]))[:k]
+        values[:, j], where[:, j] = acts[positions[order], j], positions[order]
+    return values, where
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 5, 8])
+def test_ties_are_broken_by_lowest_position_whatever_the_batching(batch):
+    """Small integer activations (most values tied, the k-th too): the kept positions are the
+    brute-force sort's for every batch size."""
+    n_windows, window, width, k = 8, 6, 5, 7
+    acts = torch.randint(0, 3, (n_windows, window, width), generator=torch.Generator().manual_seed(3)).float()
+    acts[:, :, 4] = 0.0  # a constant neuron: the first k positions
+    mask = torch.ones(n_windows, window, dtype=torch.long)
+    mask[-1, 4:] = 0
+    layout = NeuronLayout(num_layers=1, width=width)
+    collector = StatisticsCollector(layout, CaptureConfig(positional=False, token_counts=False, trigrams=False,
+                                                          top_activations=k), window=window, vocab_size=10,
+                                    device=torch.device("cpu"))
+    ids = torch.zeros(n_windows, window, dtype=torch.long)
+    for start in range(0, n_windows, batch):
+        part = slice(start, start + batch)
+        collector.feed(ids[part], mask[part], {act_name(0, NEURONS): acts[part]})
+    top = collector.result().layer(0)
+    values, positions = brute_force_top(acts.flatten(0, 1).numpy(), mask.flatten().bool().numpy(), k)
+    np.testing.assert_array_equal(top["topk_values"], values)
+    np.testing.assert_array_equal(top["topk_positions"], positions)
+    np.testing.assert_array_equal(top["topk_positions"][:, 4], np.arange(k))
 
 
 def test_ties_keep_exact_values_at_distinct_positions():
-    """A neuron constant over the stream: any k distinct real positions, all with that value;
-    a planted maximum is always found where it was planted."""
+    """A neuron constant over the stream: its first k positions, all with that value; a planted
+    maximum is always found where it was planted."""
     layout = NeuronLayout(num_layers=1, width=2)
     collector = StatisticsCollector(layout, CaptureConfig(positional=False, token_counts=False, trigrams=False,
                                                           top_activations=4), window=8, vocab_size=10,
@@ -72,7 +105,8 @@ def test_ties_keep_exact_values_at_distinct_positions():
     for start in (0, 2, 4):
         collector.feed(ids[start:start + 2], mask[start:start + 2], {act_name(0, NEURONS): acts[start:start + 2]})
     top = collector.result().layer(0)
-    assert (top["topk_values"][:, 0] == 0).all() and np.unique(top["topk_positions"][:, 0]).size == 4
+    assert (top["topk_values"][:, 0] == 0).all()
+    np.testing.assert_array_equal(top["topk_positions"][:, 0], np.arange(4))
     assert top["topk_values"][0, 1] == 7.0 and top["topk_positions"][0, 1] == 4 * 8 + 3
 
 

@@ -5,21 +5,26 @@ input: Neuroscope-style top-activating contexts).
 array                       shape                definition
 ==========================  ===================  ==============================================
 ``topk_values``             ``[k, W]`` float32   the k largest activations ``a_j`` over every
-                                                 real token, in descending order
+                                                 real token, in descending order (equal values:
+                                                 lowest position first)
 ``topk_positions``          ``[k, W]`` int64     where: ``window · T + t`` (row-major in the
                                                  capture's token windows), ``-1`` if fewer than
                                                  k real tokens were seen
 ==========================  ===================  ==============================================
 
-Exact running top-k: each batch's own top-k per neuron (``torch.topk`` over its real positions)
-is merged with the running top-k by one more ``torch.topk`` over the ``2k`` candidates, so the
-state is ``k × W`` values and positions per layer (12 bytes each), flat in the number of tokens.
-Once k values are held, only the neurons with some activation in the batch above their current
-k-th value are merged (the others cannot change).
-The values equal a brute-force ``torch.topk`` over the full ``[tokens, W]`` tensor exactly.
-**Ties**: where several positions share the k-th largest value, which of them are kept is
-whatever ``torch.topk`` picks (deterministic for the same input on the same device, but not
-"lowest position first"); the values are the same either way.
+Exact running top-k: each batch's own top-k per neuron is merged with the running top-k by a
+stable sort of the ``2k`` candidates, so the state is ``k × W`` values and positions per layer
+(12 bytes each), flat in the number of tokens. Once k values are held, only a batch's values above
+their neuron's current k-th can enter: they are found with one comparison and merged with the
+held ones by a sort of the few candidates (:meth:`TopActivations._merge_above`), not by a
+``torch.topk`` over the whole ``[tokens, W]`` batch.
+**Ties** are broken by position: the result is the first k of all real positions ordered by
+``(value descending, position ascending)``, a brute-force sort of the full ``[tokens, W]`` tensor,
+whatever the batching. ``torch.topk`` picks among equal values arbitrarily, so a batch's own top-k
+is taken with one value more: where the (k+1)-th equals the k-th, the column's tied rows are
+chosen lowest first (:meth:`TopActivations._batch_top`); candidates are kept in
+``(value, position)`` order and merged with a stable sort, in which the running ones (earlier
+positions) come first.
 """
 
 from __future__ import annotations
@@ -57,23 +62,69 @@ class TopActivations:
         self.windows_seen += real.shape[0]
         if flat.shape[0] == 0:
             return
-        if self.values.shape[0] == self.k:  # full: only neurons with a value above their k-th can change
-            columns = (flat > self.values[-1]).any(0).nonzero().flatten()
-            if columns.numel() < flat.shape[1]:
-                values, kept = self._merge(flat[:, columns], positions, self.values[:, columns],
-                                           self.positions[:, columns])
-                self.values[:, columns], self.positions[:, columns] = values, kept
-                return
-        self.values, self.positions = self._merge(flat, positions, self.values, self.positions)
+        if self.values.shape[0] == self.k:
+            self._merge_above(flat, positions)
+        else:
+            self.values, self.positions = self._merge(flat, positions, self.values, self.positions)
+
+    def _merge_above(self, flat: torch.Tensor, positions: torch.Tensor) -> None:
+        """Merge a batch into a full state: only values above their column's k-th can enter (an
+        equal one comes later than the held one), so the candidates are the entries of
+        ``flat > k-th``, usually few, sorted with the held ones by (column, value descending,
+        position ascending) and cut at k per column."""
+        rows, columns = (flat > self.values[-1]).nonzero(as_tuple=True)  # row-major: rows ascending
+        if rows.numel() == 0:
+            return
+        k, width = self.values.shape
+        held = torch.arange(width, device=flat.device).repeat_interleave(k)
+        values = torch.cat([self.values.t().reshape(-1), flat[rows, columns]])
+        kept = torch.cat([self.positions.t().reshape(-1), positions[rows]])
+        owner = torch.cat([held, columns])
+        by_value = torch.sort(values, descending=True, stable=True).indices  # held first among equals
+        order = by_value[torch.sort(owner[by_value], stable=True).indices]
+        counts = torch.bincount(owner, minlength=width)
+        first = torch.cumsum(counts, 0) - counts
+        take = order[first[:, None] + torch.arange(k, device=flat.device)]  # [W, k]
+        self.values, self.positions = values[take].t().contiguous(), kept[take].t().contiguous()
 
     def _merge(self, flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor,
                kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top-k of the running ``(values, kept)`` and the batch's ``flat`` at ``positions``."""
-        top, where = torch.topk(flat, min(self.k, flat.shape[0]), dim=0)
+        """The top-k of the running ``(values, kept)`` and the batch's ``flat`` at ``positions``,
+        in ``(value descending, position ascending)`` order."""
+        top, rows = self._batch_top(flat)
         values = torch.cat([values, top])
-        candidates = torch.cat([kept, positions[where]])
-        values, order = torch.topk(values, min(self.k, values.shape[0]), dim=0)
-        return values, torch.gather(candidates, 0, order)
+        candidates = torch.cat([kept, positions[rows]])
+        order = torch.sort(values, dim=0, descending=True, stable=True).indices[: self.k]
+        return torch.gather(values, 0, order), torch.gather(candidates, 0, order)
+
+    def _batch_top(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, rows)`` of each column's k largest values in ``flat``, equal values lowest
+        row first, in ``(value descending, row ascending)`` order."""
+        n = flat.shape[0]
+        k = min(self.k, n)
+        top, rows = (t.t() for t in torch.topk(flat.t().contiguous(), min(k + 1, n), dim=1))  # 2× dim=0's speed
+        if n > k:
+            ambiguous = (top[k] == top[k - 1]).nonzero().flatten()  # tied rows beyond the k-th
+            top, rows = top[:k].clone(), rows[:k].clone()
+            if ambiguous.numel():
+                self._lowest_tied_rows(flat[:, ambiguous], top, rows, ambiguous)
+        rows, by_row = torch.sort(rows, dim=0)
+        top = torch.gather(top, 0, by_row)
+        order = torch.sort(top, dim=0, descending=True, stable=True).indices
+        return torch.gather(top, 0, order), torch.gather(rows, 0, order)
+
+    @staticmethod
+    def _lowest_tied_rows(columns: torch.Tensor, top: torch.Tensor, rows: torch.Tensor,
+                          ambiguous: torch.Tensor) -> None:
+        """Replace, in the ``ambiguous`` columns of ``(top, rows)``, the picks among the values equal
+        to the k-th by the lowest rows holding it."""
+        k = top.shape[0]
+        kth = top[k - 1, ambiguous]
+        above, tied = columns > kth, columns == kth
+        take = above | (tied & (tied.cumsum(0) <= k - above.sum(0)))
+        chosen = torch.sort(take.to(torch.int8), dim=0, descending=True, stable=True).indices[:k]
+        rows[:, ambiguous] = chosen
+        top[:, ambiguous] = torch.gather(columns, 0, chosen)
 
     def arrays(self) -> dict[str, np.ndarray]:
         missing = self.k - self.values.shape[0]
