@@ -16,7 +16,9 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   method, over the same batches) in one process; the ratio of each pair's CPU times (wall time on
   a GPU, after synchronising), reported as min / median / max. Methods: neuronbench's full
   statistics pass (every capture part, the τ sweep included), its frequency-only pass (moments:
-  counts at τ, sums, extremes; no τ sweep), the moments with the τ sweep (``sweep_count`` at the 7
+  counts at τ, sums, extremes; no τ sweep), the full pass with the streamed top-20 activating
+  positions per neuron that the suite's neuron pages read (``--top-contexts`` 20: the default
+  suite's capture), the moments with the τ sweep (``sweep_count`` at the 7
   τ of ``DEFAULT_SWEEP``, the capture part ``sweep``), and,
   when installed (``pip install -e .[peers]``), TransformerLens 4 ``run_with_cache`` of the
   neuron tensors (``mlp.hook_post`` / ``mixer.out_proj.hook_in``) and nnsight saving the inputs of
@@ -171,6 +173,7 @@ def nnsight_save(loaded: LoadedModel, windows: TokenWindows, batch_size: int) ->
 
 METHODS: dict[str, tuple[Callable[[LoadedModel, TokenWindows, int], Callable[[], None]], str | None]] = {
     "neuronbench full": (neuronbench_pass(), None),
+    "neuronbench full + top-20 contexts": (neuronbench_pass(top_activations=20), None),
     "neuronbench frequency only": (neuronbench_pass(**FREQUENCY_ONLY), None),
     "neuronbench frequency + τ sweep": (neuronbench_pass(**WITH_SWEEP), None),
     "neuronbench full, compiled": (neuronbench_pass(compile=True), None),

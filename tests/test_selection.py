@@ -40,6 +40,13 @@ def test_the_sweep_is_captured_only_when_selected(parts, sweep):
     assert capture_config_of(ALL_PARTS, config).sweep == DEFAULT_SWEEP  # the full capture (cache) has it
 
 
+def test_the_top_k_contexts_are_captured_only_when_selected():
+    config = CaptureConfig(top_activations=20)
+    assert capture_config_of(frozenset({"positional", "sweep"}), config).top_activations == 0
+    assert capture_config_of(frozenset({"contexts"}), config).top_activations == 20
+    assert capture_config_of(ALL_PARTS, config).top_activations == 20
+
+
 def test_an_unmarked_case_reads_every_part_including_the_sweep():
     def test_unmarked():
         """A case without ``@pytest.mark.capture``."""
