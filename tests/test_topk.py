@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuronbench.capture import CaptureConfig, NeuronLayout, StatisticsCollector, capture_statistics
+from neuronbench.capture import CaptureConfig, NeuronLayout, StatisticsCollector, capture_statistics, native
 from neuronbench.capture.topk import topk_state_bytes
 from neuronbench.data import TokenWindows
 from neuronbench.errors import ConfigError
@@ -16,6 +16,17 @@ from neuronbench.models import load_model
 from neuronbench.names import NEURONS, act_name
 
 WINDOW, BATCH = 16, 3
+
+
+@pytest.fixture(autouse=True, params=["C pass", "tensors"])
+def merge_path(request, monkeypatch):
+    """Every test runs on both merges: the C pass (``native.merge_top_rows``) and the tensor code
+    that a GPU, or a CPU without a compiler, runs."""
+    if request.param == "tensors":
+        monkeypatch.setattr(native, "library", lambda: None)
+    elif native.library() is None:
+        pytest.skip(f"the C library is not available here: {native.UNAVAILABLE}")
+    return request.param
 
 
 def windows_with_padding(vocab: int, n_full: int = 7, tail: int = 5) -> TokenWindows:

@@ -10,7 +10,8 @@ asks for while it is in a register: per segment (a window's real rows) ``Σ a``,
 table; per position of the full windows the active counts and ``Σ a`` (float32, as :mod:`.blocks`);
 over the full windows the sum of their Pearson r (double; ``WindowMoments.pearson_sum``).
 Every output is written by the loop (no zero-filled buffers: three output allocations per layer and batch).
-:func:`add_token_rows` adds mask rows into the per-token count table (:mod:`.tokens`). Sums of float32 values and
+:func:`add_token_rows` adds mask rows into the per-token count table (:mod:`.tokens`);
+:func:`merge_top_rows` streams the top-k activating positions (:mod:`.topk`). Sums of float32 values and
 of their products accumulate in double, so they are more exact than the blocks' float32 partial
 sums (the exactness tests compare both with float64 brute force; counts are identical). The
 :class:`~neuronbench.capture.blocks.Reductions` it returns are those of :mod:`.blocks`, formula
@@ -103,6 +104,8 @@ def library() -> ctypes.CDLL | None:
     lib.transpose_rows.argtypes = [_P, _I, _I, _I, _I, _I, _P]
     lib.shifted_moments.restype = None
     lib.shifted_moments.argtypes = [_P, _I, _I, *([_P] * 5)]
+    lib.merge_top_rows.restype = None
+    lib.merge_top_rows.argtypes = [_P, _I, _I, _P, _I, _P, _P]
     _LIBRARY.append(lib)
     return lib
 
@@ -132,6 +135,20 @@ def shifted_moments(x: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor | None
     out = torch.empty(4, x.shape[1], dtype=torch.float64)
     lib.shifted_moments(x.data_ptr(), x.shape[0], x.shape[1], pivot.data_ptr(), *(row.data_ptr() for row in out))
     return out
+
+
+def merge_top_rows(flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor, kept: torch.Tensor) -> bool:
+    """Merge ``flat [n, W]`` (float32, contiguous; row ``i`` at ``positions[i]``, int64, increasing)
+    into the top-k state ``values [k, W]`` (float32, descending, -inf where unfilled) and ``kept
+    [k, W]`` (int64 positions, -1 where unfilled), in place, by one C pass (:mod:`.topk`'s order:
+    value descending, position ascending). ``False`` (nothing done) off the CPU or without the
+    library."""
+    lib = library() if flat.device.type == "cpu" else None
+    if lib is None:
+        return False
+    lib.merge_top_rows(flat.data_ptr(), flat.shape[0], flat.shape[1], positions.data_ptr(), values.shape[0],
+                       values.data_ptr(), kept.data_ptr())
+    return True
 
 
 def copy_rows(acts: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

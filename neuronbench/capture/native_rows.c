@@ -321,3 +321,35 @@ void shifted_moments(const float *restrict a, int64_t n, int64_t width, const fl
         }
     }
 }
+
+/* The streamed top-k of each column of a [n, W] (float32, row-major, rows in increasing position):
+   values [k, W] (float32, descending down each column) and kept [k, W] (int64 positions) hold the k
+   largest values seen so far, unfilled slots -inf and -1. A value enters only when strictly above
+   its column's k-th and goes after every equal value already held, so equal values keep the lowest
+   positions first, exactly as a sort by (value descending, position ascending) of every row seen.
+   A group of TOP_GROUP columns is skipped with one vectorised comparison when none enters. */
+#define TOP_GROUP 16
+void merge_top_rows(const float *restrict a, int64_t n, int64_t width, const int64_t *restrict positions,
+                    int64_t k, float *restrict values, int64_t *restrict kept) {
+    const float *restrict kth = values + (k - 1) * width;
+    for (int64_t t = 0; t < n; ++t) {
+        const float *restrict x = a + t * width;
+        for (int64_t j0 = 0; j0 < width; j0 += TOP_GROUP) {
+            const int64_t cw = width - j0 < TOP_GROUP ? width - j0 : TOP_GROUP;
+            int any = 0;
+            for (int64_t j = 0; j < cw; ++j) any |= x[j0 + j] > kth[j0 + j];
+            if (!any) continue;
+            for (int64_t j = j0; j < j0 + cw; ++j) {
+                const float v = x[j];
+                if (!(v > values[(k - 1) * width + j])) continue;
+                int64_t i = k - 1;
+                for (; i > 0 && v > values[(i - 1) * width + j]; --i) {
+                    values[i * width + j] = values[(i - 1) * width + j];
+                    kept[i * width + j] = kept[(i - 1) * width + j];
+                }
+                values[i * width + j] = v;
+                kept[i * width + j] = positions[t];
+            }
+        }
+    }
+}

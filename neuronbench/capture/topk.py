@@ -24,7 +24,9 @@ whatever the batching. ``torch.topk`` picks among equal values arbitrarily, so a
 is taken with one value more: where the (k+1)-th equals the k-th, the column's tied rows are
 chosen lowest first (:meth:`TopActivations._batch_top`); candidates are kept in
 ``(value, position)`` order and merged with a stable sort, in which the running ones (earlier
-positions) come first.
+positions) come first. On a CPU with the C library (:mod:`.native`) one C pass does all of this:
+each row's values are compared with their neuron's k-th (16 neurons per vector comparison) and an
+entering value is inserted after the equal values held.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from neuronbench.capture import native
 from neuronbench.capture.batch import LayerBatch
 from neuronbench.errors import ConfigError
 
@@ -62,10 +65,24 @@ class TopActivations:
         self.windows_seen += real.shape[0]
         if flat.shape[0] == 0:
             return
+        if flat.device.type == "cpu" and self._merge_native(flat, positions):
+            return
         if self.values.shape[0] == self.k:
             self._merge_above(flat, positions)
         else:
             self.values, self.positions = self._merge(flat, positions, self.values, self.positions)
+
+    def _merge_native(self, flat: torch.Tensor, positions: torch.Tensor) -> bool:
+        """The C pass (:func:`neuronbench.capture.native.merge_top_rows`) on a ``[k, W]`` state, its
+        unfilled slots -inf and -1; ``False`` without the library."""
+        if native.library() is None:
+            return False
+        missing = self.k - self.values.shape[0]
+        if missing:
+            width = flat.shape[1]
+            self.values = torch.cat([self.values, torch.full((missing, width), -torch.inf)]).contiguous()
+            self.positions = torch.cat([self.positions, torch.full((missing, width), -1, dtype=torch.long)]).contiguous()
+        return native.merge_top_rows(flat.contiguous(), positions.contiguous(), self.values, self.positions)
 
     def _merge_above(self, flat: torch.Tensor, positions: torch.Tensor) -> None:
         """Merge a batch into a full state: only values above their column's k-th can enter (an
