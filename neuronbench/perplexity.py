@@ -286,8 +286,8 @@ def score_windows(model: nn.Module, windows: ScoringWindows, batch_size: int | N
     Windows are run in batches of ``batch_size`` (``None``:
     :func:`neuronbench.batching.windows_per_batch` of the longest window; longest first, padded on
     the right to the batch's longest window) under ``torch.inference_mode`` with
-    ``use_cache=False``. On a GPU the batch size is probed on the longest windows first and halved on out-of-memory
-    (:func:`neuronbench.batching.fit_batch_size`).
+    ``use_cache=False``. On a GPU the batch size is probed on the longest windows first and halved
+    on out-of-memory (:func:`neuronbench.batching.fit_batch_size`).
     """
     batch_size = windows_per_batch(batch_size, windows.inputs.shape[1])
     device = next(model.parameters()).device
