@@ -14,13 +14,11 @@ rule           active iff              default τ    τ means
 =============  ======================  ===========  ==============================================
 
 **The layer scale** ``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` is the median over the layer's
-neurons of each neuron's RMS over the first ``n`` real tokens of the capture pass,
-``n = min(SCALE_TOKENS, real tokens of the first batch)`` (:data:`SCALE_TOKENS` = 1024, in corpus
-order; a fixed sample, so that ``s_l`` does not depend on the batch size as long as the first batch
-holds 1024 real tokens, which every default batch of 4096 tokens does; torch's median: the lower middle value for an even width; a median, so that a few outlier
+neurons of each neuron's RMS over the ``n`` real tokens of the *first batch* of the capture pass
+(torch's median: the lower middle value for an even width; a median, so that a few outlier
 neurons with huge activations do not make every other neuron of the layer look inactive). The
 capture is one pass, so a
-scale must be fixed before any count is made: the first batch's first tokens fix it, and the same mask is then
+scale must be fixed before any count is made: the first batch fixes it, and the same mask is then
 applied to every batch, the first included. It is per layer, not per neuron, on purpose: a scale
 of the neuron's own would make every neuron active on a similar share of tokens and "dead" would
 lose its meaning (a neuron that writes ten times less than its layer is inert, whatever its own
@@ -41,9 +39,6 @@ import torch
 
 from neuronbench.errors import ConfigError
 
-SCALE_TOKENS = 1024
-"""Real tokens that a relative rule's layer scale is measured on (the first ones of the first batch;
-``CaptureConfig.scale_tokens``)."""
 SCALE_BYTES = 3 << 19
 """Size of the float64 block of the first batch that :meth:`ActivationRule.layer_scale` squares and
 sums at a time (1.5 MiB: 64 rows of 3072, so that it stays in cache)."""
@@ -100,7 +95,7 @@ class ActivationRule:
     allows_negative_tau: bool
 
     def layer_scale(self, flat: torch.Tensor, block: torch.Tensor | None = None) -> float:
-        """``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` over the sample ``flat [n, W]``, in float64
+        """``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` over the first batch ``flat [n, W]``, in float64
         (exact squares of the float32 values), a block of rows at a time (:func:`scale_rows`; each
         block's float64 copy stays in cache: about 20× cheaper on a CPU than ``pow`` of a whole
         float64 copy); ``block`` (float64 ``[rows, W]``, e.g. a reused buffer) receives each block.

@@ -1,4 +1,4 @@
-"""Activation rules: the registry, the layer scale fixed by the first tokens, per-family defaults
+"""Activation rules: the registry, the layer scale fixed by the first batch, per-family defaults
 and refusals, bad input, and the dead set of every family costing nothing when mean-ablated."""
 
 from __future__ import annotations
@@ -51,22 +51,6 @@ def test_magnitude_scale_is_fixed_by_the_first_batch():
     assert stats.activation == "magnitude"
 
 
-@pytest.mark.parametrize("windows_per_batch", [(3, 3), (4, 2), (6,)])
-def test_magnitude_scale_comes_from_the_first_scale_tokens_whatever_the_batching(windows_per_batch):
-    """s_l = median neuron RMS of the first ``scale_tokens`` real tokens: the same scale and counts
-    for every batching whose first batch holds them (windows grow louder, so any other sample
-    would give another scale)."""
-    generator = np.random.default_rng(1)
-    stream = generator.standard_normal((6, T, W)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None, None]
-    cuts = np.cumsum((0, *windows_per_batch))
-    batches = [stream[start:end] for start, end in zip(cuts[:-1], cuts[1:])]
-    stats = feed(NeuronLayout(1, W), batches, activation="magnitude", threshold=0.5, scale_tokens=3 * T)
-    rms = np.sqrt((stream[:3].reshape(-1, W).astype(np.float64) ** 2).mean(0))
-    scale = float(np.sort(rms)[(W - 1) // 2])
-    np.testing.assert_allclose(float(stats.layer(0)["active_scale"]), scale, rtol=1e-6)
-    np.testing.assert_array_equal(stats.layer(0)["active_count"], (np.abs(stream.reshape(-1, W)) > 0.5 * scale).sum(0))
-
-
 def test_adapters_declare_a_rule_and_refuse_the_senseless_one():
     assert {name: ADAPTERS[name].activation_rule for name in ("opt", "gpt2", "gpt_neox", "llama", "mamba")} == {
         "opt": "positive", "gpt2": "magnitude", "gpt_neox": "magnitude", "llama": "magnitude", "mamba": "magnitude"}
@@ -82,7 +66,6 @@ def test_adapters_declare_a_rule_and_refuse_the_senseless_one():
     ({"activation": "sparse"}, r"'sparse' is not an activation rule; valid for synthetic: \['positive', 'magnitude'\]"),
     ({"activation": "magnitude", "threshold": -0.1}, "must be ≥ 0 for the 'magnitude' rule"),
     ({"threshold": float("nan")}, "must be a finite number"),
-    ({"scale_tokens": 0}, r"scale_tokens must be an integer ≥ 1 .* got 0"),
 ])
 def test_bad_rule_or_tau_is_a_usage_error(config, message):
     with pytest.raises(ConfigError, match=message):

@@ -62,9 +62,6 @@ class StatisticsCollector:
         self.rule = adapter.activation(config.activation)
         self.threshold = resolve_threshold(self.rule, config.threshold)
         scales = dict(config.scales or {})
-        if isinstance(config.scale_tokens, bool) or not isinstance(config.scale_tokens, int) or config.scale_tokens < 1:
-            raise ConfigError(f"scale_tokens must be an integer ≥ 1 (real tokens the layer scale is measured on), "
-                              f"got {config.scale_tokens!r}")
         self.delta = adapter.has_ssm if config.delta is None else config.delta
         self.rows = TokenRows(vocab_size) if config.token_counts else None
         if config.trigram_neurons is not None and not config.trigrams:
@@ -82,7 +79,7 @@ class StatisticsCollector:
                         if self.rows is not None else None),
                 trigram_counts=TrigramCounts(chosen[layer], device) if layer in chosen else None,
                 top_k=config.top_activations,
-                rule=self.rule, scale=scales.get(layer), scale_tokens=config.scale_tokens, workspace=self.workspace, compiled=config.compile,
+                rule=self.rule, scale=scales.get(layer), workspace=self.workspace, compiled=config.compile,
             )
             for layer in self.layers
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from neuronbench.activation import SCALE_TOKENS, ActivationRule, resolve_rule
+from neuronbench.activation import ActivationRule, resolve_rule
 
 DEFAULT_SWEEP = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -16,8 +16,7 @@ class CaptureConfig:
 
     ``activation`` is the activation rule (:mod:`neuronbench.activation`; ``None``: the adapter's
     default); ``threshold`` is τ (``None``: the rule's default); ``scales`` fixes the layer scales
-    ``s_l`` of a relative rule (``None``: each layer's first ``scale_tokens`` real tokens fix it, or
-    its whole first batch if that holds fewer: :mod:`neuronbench.activation`); ``sweep`` the extra τ values for the
+    ``s_l`` of a relative rule (``None``: each layer's first batch fixes it); ``sweep`` the extra τ values for the
     dead-neuron sweep; ``exclude_token_ids`` tokens left out of the per-token and trigram counts
     (BOS); ``delta`` reads Δ statistics (only for SSMs; ``None`` means "when the model has Δ");
     ``trigrams`` keeps the trigram index (and, with ``token_counts``, ``trigram_active_count``);
@@ -34,7 +33,6 @@ class CaptureConfig:
     activation: str | None = None
     threshold: float | None = None
     scales: Mapping[int, float] | None = None
-    scale_tokens: int = SCALE_TOKENS
     sweep: tuple[float, ...] = DEFAULT_SWEEP
     positional: bool = True
     token_counts: bool = True

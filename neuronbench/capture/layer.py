@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.activation import SCALE_TOKENS, ActivationRule, scale_rows
+from neuronbench.activation import ActivationRule, scale_rows
 from neuronbench.capture import blocks, native
 from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, Workspace
 from neuronbench.capture.blocks import Plan
@@ -26,7 +26,7 @@ class LayerStatistics:
     ``moments`` always; ``positions``, ``tokens`` (per-token table), ``trigram_counts`` and the
     top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
     positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
-    else measured on the first ``scale_tokens`` real tokens of the first batch. Buffers come from ``workspace`` (shared by the layers of a capture);
+    else fixed by the first batch. Buffers come from ``workspace`` (shared by the layers of a capture);
     ``compiled``: the reductions come from the compiled functions (:mod:`.compiled`) instead of
     :func:`.native.reduce_layer` (the C loop on a CPU; :func:`.blocks.reduce_layer` on a GPU or
     without a C compiler). What they compute is the :class:`~neuronbench.capture.blocks.Plan`
@@ -37,11 +37,10 @@ class LayerStatistics:
     def __init__(self, layer: int, width: int, threshold: float, sweep: tuple[float, ...], window: int,
                  device: torch.device, positions: bool = True, tokens: TokenStatistics | None = None,
                  trigram_counts: TrigramCounts | None = None, top_k: int = 0, rule: ActivationRule | None = None,
-                 scale: float | None = None, scale_tokens: int = SCALE_TOKENS, workspace: Workspace | None = None,
-                 compiled: bool = False) -> None:
+                 scale: float | None = None, workspace: Workspace | None = None, compiled: bool = False) -> None:
         self.layer, self.width, self.threshold, self.window = layer, width, threshold, window
         self.workspace = Workspace() if workspace is None else workspace
-        self.rule, self.scale, self.scale_tokens = rule, scale, scale_tokens
+        self.rule, self.scale = rule, scale
         self.moments = Moments(width, sweep, device)
         self.compiled = compiled
         self.plan = Plan(threshold, sweep, windowed=positions, active=tokens is not None or trigram_counts is not None)
@@ -77,7 +76,7 @@ class LayerStatistics:
             acts = native.copy_rows(acts, space.buffer("acts", acts.shape, acts.device))
         flat = batch.flat(acts)
         if self.scale is None:
-            self.scale = self._first_scale(flat[:self.scale_tokens])
+            self.scale = self._first_scale(flat)
         reductions = None
         if flat.shape[0]:
             reduce = self._compiled_reduce if self.compiled else native.reduce_layer
@@ -87,14 +86,14 @@ class LayerStatistics:
             statistic.update(view)
         return None if reductions is None else reductions.total
 
-    def _first_scale(self, sample: torch.Tensor) -> float:
-        """The rule's layer scale from ``sample`` (the first batch's first real rows): its float64
-        sums of squares from the C loop (:func:`.native.square_sums`), else from float64 blocks."""
-        squares = native.square_sums(sample) if self.rule.relative and sample.shape[0] else None
+    def _first_scale(self, flat: torch.Tensor) -> float:
+        """The rule's layer scale from the first batch: its float64 sums of squares from the C
+        loop (:func:`.native.square_sums`), else from float64 blocks of ``flat``."""
+        squares = native.square_sums(flat) if self.rule.relative and flat.shape[0] else None
         if squares is not None:
-            return self.rule.scale_from_squares(squares, sample.shape[0])
-        block = self.workspace.buffer("scale", (scale_rows(self.width), self.width), sample.device, torch.float64)
-        return self.rule.layer_scale(sample, block)
+            return self.rule.scale_from_squares(squares, flat.shape[0])
+        block = self.workspace.buffer("scale", (scale_rows(self.width), self.width), flat.device, torch.float64)
+        return self.rule.layer_scale(flat, block)
 
     @staticmethod
     def _compiled_reduce(*args) -> blocks.Reductions:
