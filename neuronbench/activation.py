@@ -14,12 +14,15 @@ rule           active iff              default τ    τ means
 =============  ======================  ===========  ==============================================
 
 **The layer scale** ``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` is the median over the layer's
-neurons of each neuron's RMS over the ``n`` real tokens of the *first batch* of the capture pass
-(torch's median: the lower middle value for an even width; a median, so that a few outlier
-neurons with huge activations do not make every other neuron of the layer look inactive). The
-capture is one pass, so a
-scale must be fixed before any count is made: the first batch fixes it, and the same mask is then
-applied to every batch, the first included. It is per layer, not per neuron, on purpose: a scale
+neurons of each neuron's RMS over the ``n`` real tokens of a **sample of windows spread evenly
+over the analysed corpus** (:mod:`neuronbench.capture.scale`: 4096 tokens, 32 windows of 128;
+the whole corpus when it is smaller; torch's median: the lower middle value for an even width; a
+median, so that a few outlier neurons with huge activations do not make every other neuron of the
+layer look inactive). A scale must be fixed before any count is made, so a short forward pass over
+the sample (through the model's backbone, no logits) measures it before the capture, unless the
+first batch is the whole corpus, which then measures it; the same mask is then applied to every
+batch. A collector fed without a model (:meth:`StatisticsCollector.feed`) measures it on its
+first batch. It is per layer, not per neuron, on purpose: a scale
 of the neuron's own would make every neuron active on a similar share of tokens and "dead" would
 lose its meaning (a neuron that writes ten times less than its layer is inert, whatever its own
 scale). ``s_l`` is stored with the statistics (``active_scale``) and reused by the second
@@ -55,6 +58,19 @@ def _above(values: torch.Tensor, level: float, out: torch.Tensor | None = None) 
     if out is None:
         out = torch.empty(values.shape, dtype=torch.float32, device=values.device)
     return torch.gt(values, level, out=out)
+
+
+def square_sums(flat: torch.Tensor, block: torch.Tensor | None = None) -> torch.Tensor:
+    """``Σ_t a_{t,j}²`` of ``flat [n, W]`` in float64 (``[W]``; float32 squares are exact in
+    double), a :func:`scale_rows` block of rows at a time, each block's float64 copy written into
+    ``block`` (float64 ``[rows, W]``, e.g. a reused buffer) when given."""
+    total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
+    rows = scale_rows(flat.shape[1]) if block is None else block.shape[0]
+    for start in range(0, flat.shape[0], rows):
+        part = flat[start:start + rows]
+        squares = part.double() if block is None else block[:part.shape[0]].copy_(part)
+        total += squares.mul_(squares).sum(dim=0)
+    return total
 
 
 @dataclass(frozen=True)
@@ -104,13 +120,7 @@ class ActivationRule:
             return 1.0
         if not flat.numel():
             return 0.0
-        total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
-        rows = scale_rows(flat.shape[1]) if block is None else block.shape[0]
-        for start in range(0, flat.shape[0], rows):
-            part = flat[start:start + rows]
-            squares = part.double() if block is None else block[:part.shape[0]].copy_(part)
-            total += squares.mul_(squares).sum(dim=0)
-        return self.scale_from_squares(total, flat.shape[0])
+        return self.scale_from_squares(square_sums(flat, block), flat.shape[0])
 
     def scale_from_squares(self, square_sums: torch.Tensor, n: int) -> float:
         """``s_l = median_j sqrt(square_sums_j / n)`` from the float64 ``Σ_t a_{t,j}²`` of ``n > 0``

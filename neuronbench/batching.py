@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Iterable
+
 import torch
 
+from neuronbench.data import TokenWindows
 from neuronbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,15 @@ def windows_per_batch(batch_size: int | None, window_length: int) -> int:
     if window_length < 1:
         raise ConfigError(f"window length must be positive, got {window_length}")
     return max(MIN_BATCH_WINDOWS, BATCH_TOKENS // window_length)
+
+
+def batches(windows: TokenWindows, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive ``(input_ids, attention_mask)`` batches of ``batch_size`` windows."""
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    for start in range(0, windows.input_ids.shape[0], batch_size):
+        yield (windows.input_ids[start : start + batch_size],
+               windows.attention_mask[start : start + batch_size])
 
 
 def is_out_of_memory(error: BaseException) -> bool:

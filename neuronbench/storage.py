@@ -34,8 +34,10 @@ from neuronbench.capture import ActivationStatistics
 from neuronbench.errors import CacheError, ConfigError
 
 GLOBAL_ARRAYS = ActivationStatistics.GLOBAL_ARRAYS
-FORMAT = ("neuronbench-statistics", 3, tuple(f.name for f in fields(ActivationStatistics)))
-"""Identifies the on-disk layout; part of every disk-cache key, so a changed layout never loads."""
+FORMAT = ("neuronbench-statistics", 4, tuple(f.name for f in fields(ActivationStatistics)))
+"""Identifies the on-disk layout and what its arrays mean (4: the layer scale from windows spread over
+the corpus, :mod:`neuronbench.capture.scale`); part of every disk-cache key, so statistics of another
+layout or meaning never load."""
 INTEGRITY = "integrity"
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[^.]+\.tmp$")

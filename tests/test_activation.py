@@ -1,4 +1,4 @@
-"""Activation rules: the registry, the layer scale fixed by the first batch, per-family defaults
+"""Activation rules: the registry, the layer scale (spread sample; first batch when fed), per-family defaults
 and refusals, bad input, and the dead set of every family costing nothing when mean-ablated."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import torch
 from neuronbench.activation import ACTIVATION_RULES, resolve_rule
 from neuronbench.adapters import ADAPTERS
 from neuronbench.capture import CaptureConfig, NeuronLayout, StatisticsCollector, capture_statistics
+from neuronbench.capture.scale import needs_sample_pass, spread_windows
 from neuronbench.config import RunConfig
-from neuronbench.data import load_corpus, tokenize_windows
+from neuronbench.data import TokenWindows, load_corpus, tokenize_windows
 from neuronbench.detectors import detect_dead
 from neuronbench.errors import ConfigError
 from neuronbench.models import load_model
@@ -49,6 +50,50 @@ def test_magnitude_scale_is_fixed_by_the_first_batch():
     np.testing.assert_array_equal(stats.layer(0)["active_count"], (np.abs(both) > 0.5 * scale).sum(0))
     np.testing.assert_allclose(stats.layer(0)["abs_sum"], np.abs(both).sum(0), rtol=1e-6)
     assert stats.activation == "magnitude"
+
+
+def _neurons(loaded, windows: TokenWindows) -> dict[int, torch.Tensor]:
+    """Every layer's neuron tensor over all windows, in float64 (one forward pass, kept whole)."""
+    store: dict[int, torch.Tensor] = {}
+    handles = [h for layer in range(loaded.adapter.num_layers) for h in loaded.adapter.register_capture(
+        layer, (NEURONS,), lambda name, t: store.__setitem__(int(name.split(".")[1]), t.double()))]
+    with torch.inference_mode():
+        loaded.model(input_ids=windows.input_ids, attention_mask=windows.attention_mask)
+    for handle in handles:
+        handle.remove()
+    return store
+
+
+def test_layer_scale_comes_from_windows_spread_over_the_corpus_whatever_the_batch(toy_model_dir):
+    """300 windows of 16 tokens: s_l is the median neuron RMS over the 256 windows ⌊i·300/256⌋
+    (4096 tokens), at every batch size, and so are the counts; the corpus starts with 64 windows of
+    one repeated token, so the first 256 windows give another scale."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (300, 16), generator=torch.Generator().manual_seed(0))
+    ids[:64] = 7
+    windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
+    acts = _neurons(loaded, windows)
+    spread = [i * 300 // 256 for i in range(256)]
+    assert spread_windows(300, 16).tolist() == spread
+    for batch_size in (7, 64, 300):
+        config = CaptureConfig(activation="magnitude", threshold=0.5, batch_size=batch_size, positional=False,
+                               token_counts=False, trigrams=False, sweep=())
+        stats = capture_statistics(loaded.model, loaded.adapter, windows, config, progress=False)
+        for layer, a in acts.items():
+            flat = a.flatten(0, 1)
+            scale = float(flat.view(300, 16, -1)[spread].flatten(0, 1).pow(2).mean(0).sqrt().median())
+            prefix = float(flat[:256 * 16].pow(2).mean(0).sqrt().median())
+            assert abs(prefix / scale - 1) > 1e-3, (layer, prefix, scale)
+            np.testing.assert_allclose(float(stats.layer(layer)["active_scale"]), scale, rtol=1e-6)
+            np.testing.assert_array_equal(stats.layer(layer)["active_count"],
+                                          (flat.float().abs() > 0.5 * float(stats.layer(layer)["active_scale"])).sum(0))
+
+
+def test_the_first_batch_is_the_sample_only_when_it_holds_the_whole_corpus():
+    assert spread_windows(8, 512).tolist() == list(range(8))
+    assert spread_windows(390, 128).tolist() == [i * 390 // 32 for i in range(32)]
+    assert not needs_sample_pass(8, 512, 8) and not needs_sample_pass(2, 512, 8)
+    assert needs_sample_pass(8, 512, 4) and needs_sample_pass(390, 128, 32) and needs_sample_pass(33, 128, 64)
 
 
 def test_adapters_declare_a_rule_and_refuse_the_senseless_one():

@@ -43,7 +43,8 @@ def pydocs_windows(tokenizer, window: int, max_tokens: int) -> TokenWindows:
 
 
 def capture_with_full_tensors(loaded, windows: TokenWindows, config: CaptureConfig, kinds=(NEURONS,)):
-    """One capture pass; an extra hook keeps the full tensors of the same forward passes."""
+    """One capture pass; an extra hook keeps the full tensors of the same forward passes (the last
+    ``N`` windows it sees: a relative rule's layer-scale pass over a sample runs first)."""
     store: dict[str, list[torch.Tensor]] = {}
     handles = [h for layer in range(loaded.adapter.num_layers) for h in loaded.adapter.register_capture(
         layer, kinds, lambda name, t: store.setdefault(name, []).append(t.detach().float().clone()))]
@@ -52,7 +53,8 @@ def capture_with_full_tensors(loaded, windows: TokenWindows, config: CaptureConf
     finally:
         for handle in handles:
             handle.remove()
-    return stats, {name: torch.cat(parts).numpy() for name, parts in store.items()}
+    n_windows = windows.input_ids.shape[0]
+    return stats, {name: torch.cat(parts)[-n_windows:].numpy() for name, parts in store.items()}
 
 
 # -- planted neurons in real models -------------------------------------------------------------

@@ -27,7 +27,8 @@ module                 arrays (per layer unless said)
                        ``log_delta_min`` (Mamba)
 =====================  ==========================================================================
 
-:mod:`.batch` holds what a batch and a layer's batch share; :mod:`.native` computes every
+:mod:`.scale` measures a relative rule's layer scales on windows spread over the corpus, before
+the capture; :mod:`.batch` holds what a batch and a layer's batch share; :mod:`.native` computes every
 per-batch reduction of a layer in one read of its activations by a small C loop (the CPU
 default, compiled on first use; the same library adds the per-token count rows); :mod:`.blocks` computes the same with tensor operations over
 cache-sized blocks (a GPU, or a CPU without a C compiler; the activity mask ``a > τ`` once per

@@ -3,7 +3,7 @@ forward pass runs; :func:`capture_statistics` runs one forward pass per batch.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -13,11 +13,12 @@ from tqdm.auto import tqdm
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.activation import resolve_threshold
 from neuronbench.adapters.base import parse_layers
-from neuronbench.batching import fit_batch_size, windows_per_batch
+from neuronbench.batching import batches, fit_batch_size, windows_per_batch
 from neuronbench.capture.batch import BatchContext, Workspace
 from neuronbench.capture.checks import FiniteCheck, model_label
 from neuronbench.capture.config import CaptureConfig, NeuronLayout
 from neuronbench.capture.layer import LayerStatistics
+from neuronbench.capture.scale import needs_sample_pass, sample_scales
 from neuronbench.capture.statistics import ActivationStatistics
 from neuronbench.capture.tokens import TokenRows, TokenStatistics, tier_parts
 from neuronbench.capture.trigrams import TrigramCounts, TrigramRows, trigram_codes, trigram_positions
@@ -86,6 +87,16 @@ class StatisticsCollector:
         self._batch: BatchContext | None = None
         self._seen: set[str] = set()
         self.finite = FiniteCheck(model_label(adapter))
+
+    @property
+    def unscaled_layers(self) -> tuple[int, ...]:
+        """The layers whose relative rule has no layer scale yet (none for an absolute τ)."""
+        return tuple(layer for layer, stats in self.stats.items() if self.rule.relative and stats.scale is None)
+
+    def set_scales(self, scales: Mapping[int, float]) -> None:
+        """Fix the layer scales ``s_l`` before the first batch (:func:`.scale.sample_scales`)."""
+        for layer, scale in scales.items():
+            self.stats[layer].scale = scale
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -182,28 +193,24 @@ class StatisticsCollector:
         )
 
 
-def batches(windows: TokenWindows, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive ``(input_ids, attention_mask)`` batches of ``batch_size`` windows."""
-    if batch_size <= 0:
-        raise ConfigError(f"batch size must be positive, got {batch_size}")
-    for start in range(0, windows.input_ids.shape[0], batch_size):
-        yield (windows.input_ids[start : start + batch_size],
-               windows.attention_mask[start : start + batch_size])
-
-
 def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows,
                        config: CaptureConfig, progress: bool = True) -> ActivationStatistics:
     """Run one forward pass per batch of ``windows`` and return the streamed statistics.
 
     On a GPU the batch size is first probed and halved on out-of-memory
-    (:func:`neuronbench.batching.fit_batch_size`), before any statistic is updated."""
+    (:func:`neuronbench.batching.fit_batch_size`), before any statistic is updated. A relative
+    rule's layer scales, unless given, are first measured on windows spread over the corpus
+    (:mod:`.scale`)."""
     if windows.n_tokens == 0:
         raise CaptureError("no tokens to capture: the token windows are empty")
     device = next(model.parameters()).device
-    collector = StatisticsCollector(adapter, config, windows.input_ids.shape[1],
-                                    model.config.vocab_size, device)
     requested = windows_per_batch(config.batch_size, windows.input_ids.shape[1])
     batch_size = fit_batch_size(model, windows.input_ids, windows.attention_mask, requested)
+    collector = StatisticsCollector(adapter, config, windows.input_ids.shape[1],
+                                    model.config.vocab_size, device)
+    if collector.unscaled_layers and needs_sample_pass(*windows.input_ids.shape, batch_size):
+        collector.set_scales(sample_scales(model, adapter, windows, collector.unscaled_layers, collector.rule,
+                                           batch_size))
     total = -(-windows.input_ids.shape[0] // batch_size)
     with torch.inference_mode(), collector.hooked():
         for input_ids, attention_mask in tqdm(batches(windows, batch_size), total=total,

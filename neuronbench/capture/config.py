@@ -16,7 +16,8 @@ class CaptureConfig:
 
     ``activation`` is the activation rule (:mod:`neuronbench.activation`; ``None``: the adapter's
     default); ``threshold`` is τ (``None``: the rule's default); ``scales`` fixes the layer scales
-    ``s_l`` of a relative rule (``None``: each layer's first batch fixes it); ``sweep`` the extra τ values for the
+    ``s_l`` of a relative rule (``None``: measured on windows spread over the corpus, :mod:`.scale`;
+    by the first batch for a collector fed without a model); ``sweep`` the extra τ values for the
     dead-neuron sweep; ``exclude_token_ids`` tokens left out of the per-token and trigram counts
     (BOS); ``delta`` reads Δ statistics (only for SSMs; ``None`` means "when the model has Δ");
     ``trigrams`` keeps the trigram index (and, with ``token_counts``, ``trigram_active_count``);

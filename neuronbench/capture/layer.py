@@ -11,6 +11,7 @@ from neuronbench.activation import ActivationRule, scale_rows
 from neuronbench.capture import blocks, native
 from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, Workspace
 from neuronbench.capture.blocks import Plan
+from neuronbench.capture.scale import column_square_sums
 from neuronbench.capture.moments import Moments
 from neuronbench.capture.positions import Positions
 from neuronbench.capture.ssm import DeltaMoments
@@ -26,7 +27,7 @@ class LayerStatistics:
     ``moments`` always; ``positions``, ``tokens`` (per-token table), ``trigram_counts`` and the
     top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
     positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
-    else fixed by the first batch. Buffers come from ``workspace`` (shared by the layers of a capture);
+    else fixed by the first batch (:mod:`.scale`). Buffers come from ``workspace`` (shared by the layers of a capture);
     ``compiled``: the reductions come from the compiled functions (:mod:`.compiled`) instead of
     :func:`.native.reduce_layer` (the C loop on a CPU; :func:`.blocks.reduce_layer` on a GPU or
     without a C compiler). What they compute is the :class:`~neuronbench.capture.blocks.Plan`
@@ -87,13 +88,14 @@ class LayerStatistics:
         return None if reductions is None else reductions.total
 
     def _first_scale(self, flat: torch.Tensor) -> float:
-        """The rule's layer scale from the first batch: its float64 sums of squares from the C
-        loop (:func:`.native.square_sums`), else from float64 blocks of ``flat``."""
-        squares = native.square_sums(flat) if self.rule.relative and flat.shape[0] else None
-        if squares is not None:
-            return self.rule.scale_from_squares(squares, flat.shape[0])
+        """The rule's layer scale from the first batch (:func:`.scale.column_square_sums`); 1.0 for
+        an absolute τ, 0.0 without real tokens."""
+        if not self.rule.relative:
+            return 1.0
+        if not flat.shape[0]:
+            return 0.0
         block = self.workspace.buffer("scale", (scale_rows(self.width), self.width), flat.device, torch.float64)
-        return self.rule.layer_scale(flat, block)
+        return self.rule.scale_from_squares(column_square_sums(flat, block), flat.shape[0])
 
     @staticmethod
     def _compiled_reduce(*args) -> blocks.Reductions:
