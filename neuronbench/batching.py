@@ -18,7 +18,6 @@ middle of a recorded pass, guarantees that no statistic ever sees half a batch.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Iterable
 
 import torch

@@ -60,6 +60,8 @@ def test_second_run_uses_the_disk_cache_and_gives_identical_results(toy, tmp_pat
     (a,), (b,) = results(tmp_path / "a")["records"], results(tmp_path / "b")["records"]
     assert a["metrics"]["cache_hit"] is False and b["metrics"]["cache_hit"] is True
     assert stable([a]) == stable([b])
+    scales = a["thresholds"]["layer_scales"]  # GPT-2's magnitude rule: each layer's s_l, also from the cache
+    assert set(scales) == {"0", "1"} and all(s > 0 for s in scales.values()) and b["thresholds"]["layer_scales"] == scales
     name = f"{safe_name(toy['gpt2'])}.npz"
     with np.load(tmp_path / "a" / "stats" / name) as x, np.load(tmp_path / "b" / "stats" / name) as y:
         assert x.files == y.files and all(np.array_equal(x[f], y[f]) for f in x.files)
