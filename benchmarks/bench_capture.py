@@ -29,7 +29,7 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   collector (hooks' statistics, batch setup, result; :class:`OwnTime`) over the pair's plain
   forward: the capture's own cost. ``ratio − 1 − own share`` is what the forward pass itself took
   longer (or shorter) beside it, plus a relative rule's layer-scale pass on the built-in models
-  (a backbone forward over 4096 of their 50k tokens, :mod:`neuronbench.capture.scale`). On a CPU that part used to be glibc's: a GPT-2-small forward of
+  (a backbone forward over 2048 of their 50k tokens, :mod:`neuronbench.capture.scale`). On a CPU that part used to be glibc's: a GPT-2-small forward of
   4096 tokens makes about 108 temporaries of 48 MiB, above glibc's largest dynamic mmap threshold
   (32 MiB), each mapped afresh (12,288 page faults apiece) unless a free heap chunk that large was
   left by the previous pass: 0.2–1.0M minor faults plain, 1.0–1.6M beside the capture. :func:`neuronbench.allocator.retain_freed_memory`, which ``load_model`` calls
@@ -77,8 +77,9 @@ WINDOW = 512
 BUILTIN_WINDOWS = 390
 """Windows of 128 tokens per timed pass of a built-in model: the default suite's capture (``--max-tokens``
 50,000, ``--analysis-window`` 128, the default batch of 4096 tokens: 13 batches), so that its one-off costs per pass
-(a relative rule's layer-scale pass over 32 spread windows, :mod:`neuronbench.capture.scale`; the tables' first
-allocation; the result) weigh as they do there. The issue's shapes are one batch, which is their sample: no scale pass."""
+(a relative rule's layer-scale pass over 16 spread windows, :mod:`neuronbench.capture.scale`; the tables' first
+allocation; the result) weigh as they do there. The issue's shapes are one batch, which holds their sample: no
+scale pass."""
 
 
 @dataclass(frozen=True)

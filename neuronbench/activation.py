@@ -15,13 +15,13 @@ rule           active iff              default τ    τ means
 
 **The layer scale** ``s_l = median_j sqrt(Σ_t a_{t,j}² / n)`` is the median over the layer's
 neurons of each neuron's RMS over the ``n`` real tokens of a **sample of windows spread evenly
-over the analysed corpus** (:mod:`neuronbench.capture.scale`: 4096 tokens, 32 windows of 128;
+over the analysed corpus** (:mod:`neuronbench.capture.scale`: 2048 tokens, 16 windows of 128;
 the whole corpus when it is smaller; torch's median: the lower middle value for an even width; a
 median, so that a few outlier neurons with huge activations do not make every other neuron of the
 layer look inactive). A scale must be fixed before any count is made, so a short forward pass over
-the sample (through the model's backbone, no logits) measures it before the capture, unless the
-first batch is the whole corpus, which then measures it; the same mask is then applied to every
-batch. A collector fed without a model (:meth:`StatisticsCollector.feed`) measures it on its
+the sample (through the model's backbone, no logits) measures it before the capture, unless every
+sample window is in the first batch, whose sample rows then measure it; the same mask is then
+applied to every batch. A collector fed without a model (:meth:`StatisticsCollector.feed`) measures it on its
 first batch. It is per layer, not per neuron, on purpose: a scale
 of the neuron's own would make every neuron active on a similar share of tokens and "dead" would
 lose its meaning (a neuron that writes ten times less than its layer is inert, whatever its own

@@ -10,7 +10,7 @@ import torch
 from neuronbench.activation import ACTIVATION_RULES, resolve_rule
 from neuronbench.adapters import ADAPTERS
 from neuronbench.capture import CaptureConfig, NeuronLayout, StatisticsCollector, capture_statistics
-from neuronbench.capture.scale import needs_sample_pass, spread_windows
+from neuronbench.capture.scale import in_first_batch, spread_windows
 from neuronbench.config import RunConfig
 from neuronbench.data import TokenWindows, load_corpus, tokenize_windows
 from neuronbench.detectors import detect_dead
@@ -65,15 +65,16 @@ def _neurons(loaded, windows: TokenWindows) -> dict[int, torch.Tensor]:
 
 
 def test_layer_scale_comes_from_windows_spread_over_the_corpus_whatever_the_batch(toy_model_dir):
-    """300 windows of 16 tokens: s_l is the median neuron RMS over the 256 windows ⌊i·300/256⌋
-    (4096 tokens), at every batch size, and so are the counts; the corpus starts with 64 windows of
-    one repeated token, so the first 256 windows give another scale."""
+    """300 windows of 16 tokens: s_l is the median neuron RMS over the 128 windows ⌊i·300/128⌋
+    (2048 tokens), whether a pass over them measures it (batches of 7 and 64) or the first batch
+    holds them all (300), and so are the counts; the corpus starts with 64 windows of one repeated
+    token, so the first 128 windows give another scale."""
     loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
     ids = torch.randint(0, loaded.model.config.vocab_size, (300, 16), generator=torch.Generator().manual_seed(0))
     ids[:64] = 7
     windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
     acts = _neurons(loaded, windows)
-    spread = [i * 300 // 256 for i in range(256)]
+    spread = [i * 300 // 128 for i in range(128)]
     assert spread_windows(300, 16).tolist() == spread
     for batch_size in (7, 64, 300):
         config = CaptureConfig(activation="magnitude", threshold=0.5, batch_size=batch_size, positional=False,
@@ -82,18 +83,40 @@ def test_layer_scale_comes_from_windows_spread_over_the_corpus_whatever_the_batc
         for layer, a in acts.items():
             flat = a.flatten(0, 1)
             scale = float(flat.view(300, 16, -1)[spread].flatten(0, 1).pow(2).mean(0).sqrt().median())
-            prefix = float(flat[:256 * 16].pow(2).mean(0).sqrt().median())
+            prefix = float(flat[:128 * 16].pow(2).mean(0).sqrt().median())
             assert abs(prefix / scale - 1) > 1e-3, (layer, prefix, scale)
             np.testing.assert_allclose(float(stats.layer(layer)["active_scale"]), scale, rtol=1e-6)
             np.testing.assert_array_equal(stats.layer(layer)["active_count"],
                                           (flat.float().abs() > 0.5 * float(stats.layer(layer)["active_scale"])).sum(0))
 
 
-def test_the_first_batch_is_the_sample_only_when_it_holds_the_whole_corpus():
-    assert spread_windows(8, 512).tolist() == list(range(8))
-    assert spread_windows(390, 128).tolist() == [i * 390 // 32 for i in range(32)]
-    assert not needs_sample_pass(8, 512, 8) and not needs_sample_pass(2, 512, 8)
-    assert needs_sample_pass(8, 512, 4) and needs_sample_pass(390, 128, 32) and needs_sample_pass(33, 128, 64)
+def test_the_sample_is_read_from_the_first_batch_when_it_holds_every_sample_window():
+    assert spread_windows(8, 512).tolist() == [0, 2, 4, 6] and spread_windows(2, 512).tolist() == [0, 1]
+    assert spread_windows(390, 128).tolist() == [i * 390 // 16 for i in range(16)]
+    assert in_first_batch(spread_windows(8, 512), 8) and in_first_batch(spread_windows(8, 512), 7)
+    assert not in_first_batch(spread_windows(8, 512), 6) and not in_first_batch(spread_windows(390, 128), 32)
+
+
+def test_one_batch_capture_measures_the_scale_on_its_sample_windows_without_another_pass(toy_model_dir):
+    """64 windows of 64 tokens in one default batch (4096 tokens): s_l over the 32 even windows
+    (2048 tokens), and the backbone runs once."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (64, 64), generator=torch.Generator().manual_seed(1))
+    ids[::2, ::3] = 5  # the sample windows differ from the others
+    windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
+    acts = _neurons(loaded, windows)
+    calls = []
+    handle = loaded.model.base_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        stats = capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(activation="magnitude"),
+                                   progress=False)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    for layer, a in acts.items():
+        scale = float(a[::2].flatten(0, 1).pow(2).mean(0).sqrt().median())
+        assert abs(float(a.flatten(0, 1).pow(2).mean(0).sqrt().median()) / scale - 1) > 1e-3
+        np.testing.assert_allclose(float(stats.layer(layer)["active_scale"]), scale, rtol=1e-6)
 
 
 def test_adapters_declare_a_rule_and_refuse_the_senseless_one():

@@ -18,7 +18,7 @@ from neuronbench.capture.batch import BatchContext, Workspace
 from neuronbench.capture.checks import FiniteCheck, model_label
 from neuronbench.capture.config import CaptureConfig, NeuronLayout
 from neuronbench.capture.layer import LayerStatistics
-from neuronbench.capture.scale import needs_sample_pass, sample_scales
+from neuronbench.capture.scale import in_first_batch, sample_scales, spread_windows
 from neuronbench.capture.statistics import ActivationStatistics
 from neuronbench.capture.tokens import TokenRows, TokenStatistics, tier_parts
 from neuronbench.capture.trigrams import TrigramCounts, TrigramRows, trigram_codes, trigram_positions
@@ -97,6 +97,11 @@ class StatisticsCollector:
         """Fix the layer scales ``s_l`` before the first batch (:func:`.scale.sample_scales`)."""
         for layer, scale in scales.items():
             self.stats[layer].scale = scale
+
+    def set_scale_windows(self, windows: torch.Tensor) -> None:
+        """Measure the layer scales on these windows of the first batch only (:mod:`.scale`)."""
+        for stats in self.stats.values():
+            stats.scale_windows = windows
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -208,8 +213,11 @@ def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, win
     batch_size = fit_batch_size(model, windows.input_ids, windows.attention_mask, requested)
     collector = StatisticsCollector(adapter, config, windows.input_ids.shape[1],
                                     model.config.vocab_size, device)
-    if collector.unscaled_layers and needs_sample_pass(*windows.input_ids.shape, batch_size):
-        collector.set_scales(sample_scales(model, adapter, windows, collector.unscaled_layers, collector.rule,
+    sample = spread_windows(*windows.input_ids.shape)
+    if collector.unscaled_layers and in_first_batch(sample, batch_size):
+        collector.set_scale_windows(sample)
+    elif collector.unscaled_layers:
+        collector.set_scales(sample_scales(model, adapter, windows, sample, collector.unscaled_layers, collector.rule,
                                            batch_size))
     total = -(-windows.input_ids.shape[0] // batch_size)
     with torch.inference_mode(), collector.hooked():

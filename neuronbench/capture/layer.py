@@ -27,7 +27,7 @@ class LayerStatistics:
     ``moments`` always; ``positions``, ``tokens`` (per-token table), ``trigram_counts`` and the
     top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
     positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
-    else fixed by the first batch (:mod:`.scale`). Buffers come from ``workspace`` (shared by the layers of a capture);
+    else fixed by the first batch's windows ``scale_windows`` (all of them when ``None``; :mod:`.scale`). Buffers come from ``workspace`` (shared by the layers of a capture);
     ``compiled``: the reductions come from the compiled functions (:mod:`.compiled`) instead of
     :func:`.native.reduce_layer` (the C loop on a CPU; :func:`.blocks.reduce_layer` on a GPU or
     without a C compiler). What they compute is the :class:`~neuronbench.capture.blocks.Plan`
@@ -42,6 +42,7 @@ class LayerStatistics:
         self.layer, self.width, self.threshold, self.window = layer, width, threshold, window
         self.workspace = Workspace() if workspace is None else workspace
         self.rule, self.scale = rule, scale
+        self.scale_windows: torch.Tensor | None = None
         self.moments = Moments(width, sweep, device)
         self.compiled = compiled
         self.plan = Plan(threshold, sweep, windowed=positions, active=tokens is not None or trigram_counts is not None)
@@ -77,7 +78,7 @@ class LayerStatistics:
             acts = native.copy_rows(acts, space.buffer("acts", acts.shape, acts.device))
         flat = batch.flat(acts)
         if self.scale is None:
-            self.scale = self._first_scale(flat)
+            self.scale = self._first_scale(self._scale_rows(acts, flat, batch))
         reductions = None
         if flat.shape[0]:
             reduce = self._compiled_reduce if self.compiled else native.reduce_layer
@@ -86,6 +87,15 @@ class LayerStatistics:
         for statistic in self.statistics:
             statistic.update(view)
         return None if reductions is None else reductions.total
+
+    def _scale_rows(self, acts: torch.Tensor, flat: torch.Tensor, batch: BatchContext) -> torch.Tensor:
+        """The first batch's real rows that the layer scale is measured on: those of the windows
+        ``scale_windows`` (increasing indices into the batch; ``None``: every window)."""
+        chosen = self.scale_windows
+        if chosen is None or len(chosen) == acts.shape[0]:
+            return flat
+        chosen = chosen.to(acts.device)
+        return acts[chosen][batch.real[chosen]]
 
     def _first_scale(self, flat: torch.Tensor) -> float:
         """The rule's layer scale from the first batch (:func:`.scale.column_square_sums`); 1.0 for
