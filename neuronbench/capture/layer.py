@@ -78,7 +78,7 @@ class LayerStatistics:
             acts = native.copy_rows(acts, space.buffer("acts", acts.shape, acts.device))
         flat = batch.flat(acts)
         if self.scale is None:
-            self.scale = self._first_scale(self._scale_rows(acts, flat, batch))
+            self.scale = self._first_scale(self._scale_rows(flat, batch))
         reductions = None
         if flat.shape[0]:
             reduce = self._compiled_reduce if self.compiled else native.reduce_layer
@@ -88,24 +88,24 @@ class LayerStatistics:
             statistic.update(view)
         return None if reductions is None else reductions.total
 
-    def _scale_rows(self, acts: torch.Tensor, flat: torch.Tensor, batch: BatchContext) -> torch.Tensor:
-        """The first batch's real rows that the layer scale is measured on: those of the windows
-        ``scale_windows`` (increasing indices into the batch; ``None``: every window)."""
-        chosen = self.scale_windows
-        if chosen is None or len(chosen) == acts.shape[0]:
-            return flat
-        chosen = chosen.to(acts.device)
-        return acts[chosen][batch.real[chosen]]
+    def _scale_rows(self, flat: torch.Tensor, batch: BatchContext) -> list[torch.Tensor]:
+        """The first batch's real rows that the layer scale is measured on, as views of ``flat``:
+        each window of ``scale_windows`` (increasing indices into the batch; ``None``: all rows)."""
+        if self.scale_windows is None:
+            return [flat]
+        starts = np.cumsum([0, *batch.lengths[:-1]]).tolist()
+        return [flat[starts[w]:starts[w] + batch.lengths[w]] for w in self.scale_windows.tolist()]
 
-    def _first_scale(self, flat: torch.Tensor) -> float:
-        """The rule's layer scale from the first batch (:func:`.scale.column_square_sums`); 1.0 for
-        an absolute τ, 0.0 without real tokens."""
+    def _first_scale(self, parts: list[torch.Tensor]) -> float:
+        """The rule's layer scale from the first batch's sample rows ``parts``
+        (:func:`.scale.column_square_sums` of each); 1.0 for an absolute τ, 0.0 without real tokens."""
+        n = sum(part.shape[0] for part in parts)
         if not self.rule.relative:
             return 1.0
-        if not flat.shape[0]:
+        if not n:
             return 0.0
-        block = self.workspace.buffer("scale", (scale_rows(self.width), self.width), flat.device, torch.float64)
-        return self.rule.scale_from_squares(column_square_sums(flat, block), flat.shape[0])
+        block = self.workspace.buffer("scale", (scale_rows(self.width), self.width), parts[0].device, torch.float64)
+        return self.rule.scale_from_squares(sum(column_square_sums(part, block) for part in parts), n)
 
     @staticmethod
     def _compiled_reduce(*args) -> blocks.Reductions:
