@@ -21,8 +21,8 @@ median, so that a few outlier neurons with huge activations do not make every ot
 layer look inactive). A scale must be fixed before any count is made, so a short forward pass over
 the sample (through the model's backbone, no logits) measures it before the capture, unless every
 sample window is in the first batch, whose sample rows then measure it; the same mask is then
-applied to every batch. A collector fed without a model (:meth:`StatisticsCollector.feed`) measures it on its
-first batch. It is per layer, not per neuron, on purpose: a scale
+applied to every batch. A collector fed without a model (:meth:`StatisticsCollector.feed`)
+measures it on its first batch. It is per layer, not per neuron, on purpose: a scale
 of the neuron's own would make every neuron active on a similar share of tokens and "dead" would
 lose its meaning (a neuron that writes ten times less than its layer is inert, whatever its own
 scale). ``s_l`` is stored with the statistics (``active_scale``) and reused by the second

@@ -11,9 +11,9 @@ from neuronbench.activation import ActivationRule, scale_rows
 from neuronbench.capture import blocks, native
 from neuronbench.capture.batch import BatchContext, LayerBatch, NeuronStatistic, Workspace
 from neuronbench.capture.blocks import Plan
-from neuronbench.capture.scale import column_square_sums
 from neuronbench.capture.moments import Moments
 from neuronbench.capture.positions import Positions
+from neuronbench.capture.scale import column_square_sums
 from neuronbench.capture.ssm import DeltaMoments
 from neuronbench.capture.topk import TopActivations
 from neuronbench.capture.tokens import TokenStatistics
@@ -27,7 +27,8 @@ class LayerStatistics:
     ``moments`` always; ``positions``, ``tokens`` (per-token table), ``trigram_counts`` and the
     top-k activations (``top_k`` > 0) when given. ``n_tokens`` counts real tokens, ``n_windows`` full-length windows (0 without
     positional statistics). ``rule`` decides "active"; its layer scale is ``scale`` when given,
-    else fixed by the first batch's windows ``scale_windows`` (all of them when ``None``; :mod:`.scale`). Buffers come from ``workspace`` (shared by the layers of a capture);
+    else fixed by the first batch's windows ``scale_windows`` (all of them when ``None``;
+    :mod:`.scale`). Buffers come from ``workspace`` (shared by the layers of a capture);
     ``compiled``: the reductions come from the compiled functions (:mod:`.compiled`) instead of
     :func:`.native.reduce_layer` (the C loop on a CPU; :func:`.blocks.reduce_layer` on a GPU or
     without a C compiler). What they compute is the :class:`~neuronbench.capture.blocks.Plan`
