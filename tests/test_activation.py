@@ -90,6 +90,21 @@ def test_layer_scale_comes_from_windows_spread_over_the_corpus_whatever_the_batc
                                           (flat.float().abs() > 0.5 * float(stats.layer(layer)["active_scale"])).sum(0))
 
 
+@pytest.mark.parametrize("path", ["C loop", "float64 blocks"])
+def test_column_square_sums_are_exact_on_both_paths(monkeypatch, path):
+    """Σ a² per column in double, on rows that span several blocks (float32 squares are exact in double)."""
+    from neuronbench.capture import native
+    from neuronbench.capture.scale import column_square_sums
+
+    if path == "float64 blocks":
+        monkeypatch.setattr(native, "library", lambda: None)
+    flat = torch.randn(1000, 3072, generator=torch.Generator().manual_seed(2))
+    block = torch.empty(40, 3072, dtype=torch.float64)
+    for got in (column_square_sums(flat), column_square_sums(flat, block)):
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), (flat.double() ** 2).sum(0).numpy(), rtol=1e-13)
+
+
 def test_the_sample_is_read_from_the_first_batch_when_it_holds_every_sample_window():
     assert spread_windows(8, 512).tolist() == [0, 2, 4, 6] and spread_windows(2, 512).tolist() == [0, 1]
     assert spread_windows(390, 128).tolist() == [i * 390 // 16 for i in range(16)]
