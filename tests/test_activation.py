@@ -14,7 +14,7 @@ from neuronbench.capture.scale import in_first_batch, spread_windows
 from neuronbench.config import RunConfig
 from neuronbench.data import TokenWindows, load_corpus, tokenize_windows
 from neuronbench.detectors import detect_dead
-from neuronbench.errors import ConfigError
+from neuronbench.errors import CaptureError, ConfigError
 from neuronbench.models import load_model
 from neuronbench.names import NEURONS, act_name
 from test_ablation import runner_for
@@ -103,6 +103,17 @@ def test_column_square_sums_are_exact_on_both_paths(monkeypatch, path):
     for got in (column_square_sums(flat), column_square_sums(flat, block)):
         assert got.dtype == torch.float64
         np.testing.assert_allclose(got.numpy(), (flat.double() ** 2).sum(0).numpy(), rtol=1e-13)
+
+
+def test_a_layer_scale_sample_without_real_tokens_is_an_error_not_a_zero_scale(toy_model_dir):
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (300, 16), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[spread_windows(300, 16)] = 0
+    windows = TokenWindows(ids, mask, int(mask.sum()))
+    with pytest.raises(CaptureError, match=r"layer-scale sample .* has no real tokens"):
+        capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(activation="magnitude", batch_size=64),
+                           progress=False)
 
 
 def test_the_sample_is_read_from_the_first_batch_when_it_holds_every_sample_window():
