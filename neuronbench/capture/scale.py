@@ -31,7 +31,7 @@ from neuronbench.names import NEURONS, act_name, parse_act_name
 SCALE_TOKENS = 2048
 """Tokens of the windows that a relative rule's layer scale is measured on (:func:`spread_windows`):
 16 windows of 128, whose pass added 0.02–0.05 of a plain forward to the built-in models' capture
-of 50k tokens (README, speed table)."""
+of 50k tokens (``benchmarks/RESULTS.md``, third stop of 2026-12-07)."""
 
 
 def spread_windows(n_windows: int, window: int, tokens: int = SCALE_TOKENS) -> torch.Tensor:
