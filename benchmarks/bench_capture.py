@@ -14,7 +14,9 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   :func:`neuronbench.batching.windows_per_batch`: 4096 tokens); ``--batch-size`` times another one.
 * **Time.** For each shape and method, ``--pairs`` alternating pairs (plain forward, then the
   method, over the same batches) in one process; the ratio of each pair's CPU times (wall time on
-  a GPU, after synchronising), reported as min / median / max. Methods: neuronbench's full
+  a GPU, after synchronising), reported as min / median / max, and the tokens per second of the
+  plain forward (one more run after the pairs) and of the method (median of its pairs), by the
+  same clock (CPU seconds on a CPU). Methods: neuronbench's full
   statistics pass (every capture part, the τ sweep included), its frequency-only pass (moments:
   counts at τ, sums, extremes; no τ sweep), the full pass with the streamed top-20 activating
   positions per neuron that the suite's neuron pages read (``--top-contexts`` 20: the default
@@ -27,7 +29,8 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   reports the compile time (the warm-up pass, minus the plain forward's time).
 * **Own share.** For neuronbench's passes, the median over pairs of the CPU time spent inside the
   collector (hooks' statistics, batch setup, result; :class:`OwnTime`) over the pair's plain
-  forward: the capture's own cost. ``ratio − 1 − own share`` is what the forward pass itself took
+  forward: the capture's own cost (on a GPU the host's wall time there, unsynchronised:
+  :func:`own_clock`). ``ratio − 1 − own share`` is what the forward pass itself took
   longer (or shorter) beside it, plus a relative rule's layer-scale pass on the built-in models
   (a backbone forward over 2048 of their 50k tokens, :mod:`neuronbench.capture.scale`). On a CPU that part used to be glibc's: a GPT-2-small forward of
   4096 tokens makes about 108 temporaries of 48 MiB, above glibc's largest dynamic mmap threshold
@@ -60,6 +63,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -209,6 +213,13 @@ def clock(device: torch.device) -> Callable[[], float]:
     return time.process_time
 
 
+def own_clock(device: torch.device) -> Callable[[], float]:
+    """The clock of :class:`OwnTime`: the pairs' clock on a CPU; on a GPU host wall time without a
+    synchronisation (one per collector call would serialise the timed pass): the host's time in the
+    collector, its kernel launches and the synchronisations it makes itself, not its kernels' time."""
+    return time.perf_counter if device.type == "cuda" else clock(device)
+
+
 class OwnTime:
     """Time spent inside neuronbench's collector (its hooks' statistics, the batch setup, the
     result), by the same clock as the pairs, while :meth:`measuring`: the capture's own cost,
@@ -241,14 +252,24 @@ class OwnTime:
                 setattr(StatisticsCollector, name, method)
 
 
+class Pairs(NamedTuple):
+    ratios: list[float]
+    """``candidate / baseline`` time of each pair."""
+    shares: list[float]
+    """The candidate's own time inside neuronbench's collector over the pair's baseline time
+    (:class:`OwnTime`; zeros for a peer)."""
+    seconds: list[float]
+    """The candidate's time in each pair."""
+    warm_up: float
+    """The candidate's warm-up run (which includes any compilation)."""
+
+
 def paired_ratios(baseline: Callable[[], None], candidate: Callable[[], None], pairs: int,
-                  now: Callable[[], float]) -> tuple[list[float], list[float], float]:
-    """``candidate / baseline`` time of ``pairs`` alternating pairs (after one warm-up of each), the
-    candidate's own time inside neuronbench's collector over the baseline's (:class:`OwnTime`;
-    zeros for a peer), and the time of the candidate's warm-up run (which includes any compilation)."""
+                  now: Callable[[], float], own_now: Callable[[], float]) -> Pairs:
+    """``pairs`` alternating pairs (baseline, then candidate) after one warm-up of each."""
     baseline()
     start = now(); candidate(); warm_up = now() - start  # noqa: E702
-    ratios, shares, own = [], [], OwnTime(now)
+    ratios, shares, seconds, own = [], [], [], OwnTime(own_now)
     for _ in range(pairs):
         own.seconds = 0.0
         start = now(); baseline(); middle = now()  # noqa: E702
@@ -257,7 +278,8 @@ def paired_ratios(baseline: Callable[[], None], candidate: Callable[[], None], p
         end = now()
         ratios.append((end - middle) / (middle - start))
         shares.append(own.seconds / (middle - start))
-    return ratios, shares, warm_up
+        seconds.append(end - middle)
+    return Pairs(ratios, shares, seconds, warm_up)
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
@@ -315,7 +337,8 @@ def table(args: argparse.Namespace) -> list[str]:
     print(f"allocator: {allocator_environment()}; torch threads: {args.threads}", file=sys.stderr, flush=True)
     rows = [f"Allocator: {allocator_environment()}; torch threads: {args.threads}.", "",
             "| shape | tokens | method | ratio vs plain forward: min / median / max | own share: median | "
-            "plain forward s | first pass s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            "plain forward s | first pass s | tokens/s: plain / pass |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     memory = ["| shape | method | peak extra MiB at the smaller token count | at the larger |", "| --- | --- | --- | --- |"]
     chosen = [m for m in METHODS if (args.compile or m not in COMPILED) and (args.peers or METHODS[m][1] is None)
               and (args.methods is None or m in args.methods)]
@@ -325,21 +348,22 @@ def table(args: argparse.Namespace) -> list[str]:
             loaded = build_shape(name, Path(root), args.device, args.dtype)
             windows = synthetic_windows(loaded.model.config.vocab_size, args.windows or shape.n_windows, shape.window)
             batch_size = min(args.batch_size or shape.batch_size or windows.input_ids.shape[0], windows.input_ids.shape[0])
-            now, base = clock(loaded.device), plain(loaded, windows, batch_size)
+            now, own_now, base = clock(loaded.device), own_clock(loaded.device), plain(loaded, windows, batch_size)
             tokens = f"{windows.n_tokens} ({-(-windows.input_ids.shape[0] // batch_size)} batches)"
             for method in chosen:
                 factory, package = METHODS[method]
                 if missing(package):
                     rows.append(f"| {name} | {tokens} | {method} | skipped: `{package}` is not installed "
-                                "(`pip install -e .[peers]`) | | | |")
+                                "(`pip install -e .[peers]`) | | | | |")
                     print(f"skipping {method}: {package} is not installed", file=sys.stderr)
                     continue
-                ratios, shares, warm_up = paired_ratios(base, factory(loaded, windows, batch_size), args.pairs, now)
+                timed = paired_ratios(base, factory(loaded, windows, batch_size), args.pairs, now, own_now)
                 start = now(); base(); seconds = now() - start  # noqa: E702
-                share = f"{statistics.median(shares):.3f}" if package is None else "—"
-                rows.append(f"| {name} | {tokens} | {method} | {min(ratios):.2f} / "
-                            f"{statistics.median(ratios):.2f} / {max(ratios):.2f} ({len(ratios)} pairs) | "
-                            f"{share} | {seconds:.2f} | {warm_up:.2f} |")
+                share = f"{statistics.median(timed.shares):.3f}" if package is None else "—"
+                rate = windows.n_tokens / seconds, windows.n_tokens / statistics.median(timed.seconds)
+                rows.append(f"| {name} | {tokens} | {method} | {min(timed.ratios):.2f} / "
+                            f"{statistics.median(timed.ratios):.2f} / {max(timed.ratios):.2f} ({len(timed.ratios)} pairs) | "
+                            f"{share} | {seconds:.2f} | {timed.warm_up:.2f} | {rate[0]:,.0f} / {rate[1]:,.0f} |")
                 print(rows[-1], file=sys.stderr, flush=True)
             if args.memory:
                 counts = shape.memory_windows
