@@ -13,7 +13,9 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
   them: 390 × 128 tokens (50k) in batches of 32 windows (the default batch,
   :func:`neuronbench.batching.windows_per_batch`: 4096 tokens); ``--batch-size`` times another one.
 * **Time.** For each shape and method, ``--pairs`` alternating pairs (plain forward, then the
-  method, over the same batches) in one process; the ratio of each pair's CPU times (wall time on
+  method, over the same batches) in one process (``--baseline backbone``: the plain forward of
+  the model's ``base_model``, without the LM head, which is what the capture runs; the method
+  ``plain backbone forward`` times that against the whole forward); the ratio of each pair's CPU times (wall time on
   a GPU, after synchronising), reported as min / median / max, and the tokens per second of the
   plain forward (one more run after the pairs) and of the method (median of its pairs), by the
   same clock (CPU seconds on a CPU). Methods: neuronbench's full
@@ -130,12 +132,20 @@ def build_shape(name: str, root: Path, device: str, dtype: str) -> LoadedModel:
     return load_model(source, device=device, dtype=dtype)
 
 
-def plain(loaded: LoadedModel, windows: TokenWindows, batch_size: int) -> Callable[[], None]:
+def plain(loaded: LoadedModel, windows: TokenWindows, batch_size: int, backbone: bool = False) -> Callable[[], None]:
+    """A forward pass over the windows without hooks: the whole model (logits included), or with
+    ``backbone`` its ``base_model`` only (no LM head), which is what the capture runs."""
+    module = loaded.model.base_model if backbone else loaded.model
+
     def run() -> None:
         with torch.inference_mode():
             for ids, mask in batches(windows, batch_size):
-                loaded.model(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device), use_cache=False)
+                module(input_ids=ids.to(loaded.device), attention_mask=mask.to(loaded.device), use_cache=False)
     return run
+
+
+def backbone_forward(loaded: LoadedModel, windows: TokenWindows, batch_size: int) -> Callable[[], None]:
+    return plain(loaded, windows, batch_size, backbone=True)
 
 
 def neuronbench_pass(**parts) -> Callable[[LoadedModel, TokenWindows, int], Callable[[], None]]:
@@ -179,6 +189,7 @@ def nnsight_save(loaded: LoadedModel, windows: TokenWindows, batch_size: int) ->
 
 
 METHODS: dict[str, tuple[Callable[[LoadedModel, TokenWindows, int], Callable[[], None]], str | None]] = {
+    "plain backbone forward": (backbone_forward, None),
     "neuronbench full": (neuronbench_pass(), None),
     "neuronbench full + top-20 contexts": (neuronbench_pass(top_activations=20), None),
     "neuronbench frequency only": (neuronbench_pass(**FREQUENCY_ONLY), None),
@@ -189,6 +200,8 @@ METHODS: dict[str, tuple[Callable[[LoadedModel, TokenWindows, int], Callable[[],
     "nnsight save": (nnsight_save, "nnsight"),
 }
 """Method name -> (factory of a run over the windows, the optional package it needs)."""
+BASELINES = {"forward": "plain forward", "backbone": "plain backbone forward"}
+"""``--baseline`` -> how the table names it."""
 COMPILED = ("neuronbench full, compiled", "neuronbench frequency only, compiled")
 """The methods run only with ``--compile``."""
 
@@ -336,8 +349,8 @@ def table(args: argparse.Namespace) -> list[str]:
     torch.set_num_threads(args.threads)
     print(f"allocator: {allocator_environment()}; torch threads: {args.threads}", file=sys.stderr, flush=True)
     rows = [f"Allocator: {allocator_environment()}; torch threads: {args.threads}.", "",
-            "| shape | tokens | method | ratio vs plain forward: min / median / max | own share: median | "
-            "plain forward s | first pass s | tokens/s: plain / pass |",
+            f"| shape | tokens | method | ratio vs {BASELINES[args.baseline]}: min / median / max | own share: median | "
+            f"{BASELINES[args.baseline]} s | first pass s | tokens/s: baseline / pass |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     memory = ["| shape | method | peak extra MiB at the smaller token count | at the larger |", "| --- | --- | --- | --- |"]
     chosen = [m for m in METHODS if (args.compile or m not in COMPILED) and (args.peers or METHODS[m][1] is None)
@@ -348,7 +361,8 @@ def table(args: argparse.Namespace) -> list[str]:
             loaded = build_shape(name, Path(root), args.device, args.dtype)
             windows = synthetic_windows(loaded.model.config.vocab_size, args.windows or shape.n_windows, shape.window)
             batch_size = min(args.batch_size or shape.batch_size or windows.input_ids.shape[0], windows.input_ids.shape[0])
-            now, own_now, base = clock(loaded.device), own_clock(loaded.device), plain(loaded, windows, batch_size)
+            now, own_now = clock(loaded.device), own_clock(loaded.device)
+            base = plain(loaded, windows, batch_size, backbone=args.baseline == "backbone")
             tokens = f"{windows.n_tokens} ({-(-windows.input_ids.shape[0] // batch_size)} batches)"
             for method in chosen:
                 factory, package = METHODS[method]
@@ -378,6 +392,9 @@ def table(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--baseline", choices=list(BASELINES), default="forward",
+                        help="what each pair's first run is: the whole model's forward (default, issue 10's "
+                             "measure) or its backbone's (no LM head: what the capture runs)")
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

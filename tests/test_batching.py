@@ -73,20 +73,24 @@ def test_the_default_batch_fills_the_token_budget_and_an_explicit_size_is_kept()
 
 
 def test_a_default_capture_runs_token_budget_batches_with_the_same_statistics(toy_model_dir, monkeypatch):
-    """With no batch size the capture runs ⌊BATCH_TOKENS / T⌋ windows per forward pass; the
-    statistics of a rule without a first-batch scale equal those of any other batching."""
+    """With no batch size the capture runs ⌊BATCH_TOKENS / T⌋ windows per forward pass, through the
+    backbone only (the LM head never runs); the statistics of a rule without a first-batch scale
+    equal those of any other batching."""
     monkeypatch.setattr(batching, "MIN_BATCH_WINDOWS", 1)
     loaded = load_model(str(toy_model_dir("opt")), device="cpu", dtype="float32")
     ids = torch.randint(0, loaded.model.config.vocab_size, (10, 16), generator=torch.Generator().manual_seed(0))
     windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
     monkeypatch.setattr(batching, "BATCH_TOKENS", 64)
     sizes: list[int] = []
-    handle = loaded.model.register_forward_pre_hook(lambda _, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]),
-                                                    with_kwargs=True)
+    head_calls: list[int] = []
+    handles = [loaded.model.base_model.register_forward_pre_hook(
+                   lambda _, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True),
+               loaded.model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))]
     auto = capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(activation="positive"),
                               progress=False)
-    handle.remove()
-    assert sizes == [4, 4, 2]
+    for handle in handles:
+        handle.remove()
+    assert sizes == [4, 4, 2] and head_calls == []
     three = capture_statistics(loaded.model, loaded.adapter, windows,
                                CaptureConfig(activation="positive", batch_size=3), progress=False)
     for layer in range(loaded.adapter.num_layers):
