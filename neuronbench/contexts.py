@@ -63,8 +63,8 @@ def _window_activations(model: torch.nn.Module, adapter, windows: TokenWindows, 
         with torch.inference_mode():
             for start in range(0, needed.size, batch_size):
                 rows = torch.as_tensor(needed[start:start + batch_size])
-                model(input_ids=windows.input_ids[rows].to(device),
-                      attention_mask=windows.attention_mask[rows].to(device), use_cache=False)
+                model.base_model(input_ids=windows.input_ids[rows].to(device),  # no logits read
+                                 attention_mask=windows.attention_mask[rows].to(device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
