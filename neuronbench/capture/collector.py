@@ -203,8 +203,9 @@ def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, win
     """Run one forward pass per batch of ``windows`` and return the streamed statistics.
 
     The passes run the model's backbone (``model.base_model``): no statistic reads the logits, so
-    the LM head (0.36 of a GPT-2-small forward of 4096 tokens on a CPU, and on a GPU the largest
-    tensor of a batch, ``[tokens, vocabulary]``) never runs. On a GPU the batch size is first probed and halved on out-of-memory
+    the LM head (0.36 of a GPT-2-small forward of 4096 tokens on a CPU, paired ratio; on a GPU the
+    largest tensor of a batch, ``[tokens, vocabulary]``) never runs. On a GPU the batch size is
+    first probed on the backbone and halved on out-of-memory
     (:func:`neuronbench.batching.fit_batch_size`), before any statistic is updated. A relative
     rule's layer scales, unless given, are first measured on windows spread over the corpus
     (:mod:`.scale`)."""
