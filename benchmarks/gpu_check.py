@@ -7,9 +7,10 @@
   causal convolution through ``nn.Conv1d``: its 10-bit mantissa (about 1e-3 relative) would move
   activations across the activity threshold. On the CPU, perturbing every weight by 1e-6 relative
   moves no count and no float beyond these tolerances on the same data.
-* ``oom``: the batch probe (:func:`neuronbench.batching.fit_batch_size`) backs off from a batch
-  that does not fit (a GPT-2-small shape, 1024-token windows) and the capture then runs, over one
-  batch of the size it backed off to and one window more.
+* ``oom``: the capture's batch probe (:func:`neuronbench.capture.capture_batch_size`: one capture
+  step, statistics attached) backs off from a batch that does not fit (a GPT-2-small shape,
+  1024-token windows) and the capture then runs, over one batch of the size it backed off to and
+  one window more.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import numpy as np
 import torch
 
 from neuronbench.adapters.attention_impl import attention_implementation, eager_attention
-from neuronbench.batching import fit_batch_size
-from neuronbench.capture import CaptureConfig, capture_statistics
+from neuronbench.capture import CaptureConfig, capture_batch_size, capture_statistics
 from neuronbench.data import TokenWindows
 from neuronbench.models import load_model
 from neuronbench.toy import build_toy_model
@@ -72,11 +72,11 @@ def check_oom(root: Path) -> str:
     loaded = load_model(str(build_toy_model("gpt2", root / "big", **shape)), device="cuda", dtype="bfloat16")
     asked = 8192
     ids = torch.randint(0, 50257, (asked, 1024))
-    chosen = fit_batch_size(loaded.model, ids, torch.ones_like(ids), asked)
+    config = CaptureConfig(batch_size=asked, token_counts=False, trigrams=False)
+    chosen = capture_batch_size(loaded.model, loaded.adapter, TokenWindows(ids, torch.ones_like(ids), ids.numel()), config)
     assert chosen < asked, "the probe did not back off: the batch fitted"
     small = TokenWindows(ids[: chosen + 1], torch.ones_like(ids[: chosen + 1]), (chosen + 1) * 1024)
-    capture_statistics(loaded.model, loaded.adapter, small, CaptureConfig(batch_size=asked, token_counts=False,
-                                                                          trigrams=False), progress=False)
+    capture_statistics(loaded.model, loaded.adapter, small, config, progress=False)
     return f"batch {asked} x 1024 tokens backed off to {chosen}; capture of {small.n_tokens} tokens ran"
 
 

@@ -9,16 +9,19 @@ position of the window; so short windows want more of them per batch (the token 
 long ones at least a few (the floor, the batch of 8 windows that every pass ran before).
 The memory of one batch stays bounded (it is flat in the number of batches).
 
-Before a pass over equal-length windows, :func:`fit_batch_size` runs one plain forward pass (no
-hooks, nothing recorded) on the first ``batch_size`` windows and halves the batch size on a
+On a GPU, before a pass, :func:`fit_batch_size` runs one step of that pass on its first
+``batch_size`` windows (the pass's own step: the capture's forward with its statistics attached,
+perplexity's forward with its loss; its results discarded) and halves the batch size on a
 CUDA/MPS out-of-memory error until it fits. Probing up front, rather than catching OOM in the
-middle of a recorded pass, guarantees that no statistic ever sees half a batch.
+middle of a recorded pass, guarantees that no statistic ever sees half a batch; probing with the
+pass's own step, rather than a plain forward, means the memory the pass adds to the forward
+(the statistics' ``[batch tokens, W]`` buffers, perplexity's float32 logits) is probed too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -60,27 +63,34 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-def fit_batch_size(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   batch_size: int, forward_kwargs: dict | None = None) -> int:
-    """Largest ``b ≤ batch_size`` (halving) whose forward pass on ``input_ids[:b]`` fits.
+def probes_memory(device: torch.device) -> bool:
+    """Whether a pass on ``device`` probes its batch size: on a GPU (CUDA, MPS), not on the host,
+    whose memory is not probed."""
+    return device.type != "cpu"
 
-    On CPU the requested size is returned unchanged (no probe: host memory is not probed).
+
+def fit_batch_size(attempt: Callable[[int], object], batch_size: int, device: torch.device) -> int:
+    """Largest ``b ≤ batch_size`` (halving) for which ``attempt(b)`` runs without out-of-memory.
+
+    ``attempt(b)`` runs one step of the pass on its first ``b`` windows, under
+    ``torch.inference_mode``, and keeps nothing. An error other than out-of-memory, or
+    out-of-memory at ``b = 1``, is raised. The memory of a failed attempt is released (its frames
+    left, then ``torch.cuda.empty_cache``) before the next. On a CPU (:func:`probes_memory`)
+    ``batch_size`` is returned unchanged and nothing runs.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be positive, got {batch_size}")
-    device = next(model.parameters()).device
-    if device.type == "cpu":
+    if not probes_memory(device):
         return batch_size
-    size = min(batch_size, input_ids.shape[0])
+    size = batch_size
     while True:
         try:
             with torch.inference_mode():
-                model(input_ids=input_ids[:size].to(device), attention_mask=attention_mask[:size].to(device),
-                      use_cache=False, **(forward_kwargs or {}))
+                attempt(size)
             return size
         except RuntimeError as error:
             if not is_out_of_memory(error) or size == 1:
                 raise
-            torch.cuda.empty_cache()
-            size //= 2
-            log.warning("out of memory at batch size %d; backing off to %d", size * 2, size)
+        torch.cuda.empty_cache()
+        log.warning("out of memory at batch size %d; backing off to %d", size, size // 2)
+        size //= 2

@@ -286,14 +286,14 @@ def score_windows(model: nn.Module, windows: ScoringWindows, batch_size: int | N
     Windows are run in batches of ``batch_size`` (``None``:
     :func:`neuronbench.batching.windows_per_batch` of the longest window; longest first, padded on
     the right to the batch's longest window) under ``torch.inference_mode`` with
-    ``use_cache=False``. On a GPU the batch size is probed on the longest windows first and halved
-    on out-of-memory (:func:`neuronbench.batching.fit_batch_size`).
+    ``use_cache=False``. On a GPU the batch size is first probed by scoring the longest windows
+    (forward, float32 logits and loss; the result discarded) and halved on out-of-memory
+    (:func:`neuronbench.batching.fit_batch_size`).
     """
-    batch_size = windows_per_batch(batch_size, windows.inputs.shape[1])
     device = next(model.parameters()).device
     order = _batch_order(windows)
-    first = torch.tensor(order[:batch_size])
-    batch_size = fit_batch_size(model, windows.inputs[first], windows.attention_mask[first], batch_size)
+    batch_size = min(windows_per_batch(batch_size, windows.inputs.shape[1]), len(order))
+    batch_size = fit_batch_size(lambda size: _window_nll(model, windows, order[:size], device), batch_size, device)
     totals = torch.zeros(windows.n_windows, dtype=torch.float64)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.inference_mode():

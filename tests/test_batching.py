@@ -1,5 +1,6 @@
 """Batch sizes: the default token budget, and the back-off that halves the batch size on
-out-of-memory before anything is recorded."""
+out-of-memory before anything is recorded, probing each pass with its own step (the capture's
+statistics, perplexity's loss)."""
 
 from __future__ import annotations
 
@@ -7,56 +8,120 @@ import numpy as np
 import pytest
 import torch
 
-from neuronbench import batching
+from neuronbench import batching, perplexity
 from neuronbench.batching import BATCH_TOKENS, MIN_BATCH_WINDOWS, fit_batch_size, windows_per_batch
 from neuronbench.capture import CaptureConfig, capture_statistics
+from neuronbench.capture.batch import Workspace
 from neuronbench.data import TokenWindows
 from neuronbench.errors import ConfigError
 from neuronbench.models import load_model
 
+GPU = torch.device("cuda")
+OUT_OF_MEMORY = "CUDA out of memory. Tried to allocate 2.00 GiB"
 
-class FakeGpuModel(torch.nn.Module):
-    """Claims to live on a GPU and runs out of memory above ``capacity`` windows."""
+
+class Step:
+    """A pass's step that runs out of memory above ``capacity`` windows (and records each size)."""
 
     def __init__(self, capacity: int) -> None:
-        super().__init__()
         self.capacity = capacity
         self.seen: list[int] = []
-        self.weight = torch.nn.Parameter(torch.zeros(1))
 
-    def parameters(self, recurse: bool = True):
-        yield torch.empty(0, device="meta")
-
-    def forward(self, input_ids, attention_mask, use_cache):
-        self.seen.append(input_ids.shape[0])
-        if input_ids.shape[0] > self.capacity:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    def __call__(self, size: int) -> None:
+        self.seen.append(size)
+        assert torch.is_inference_mode_enabled()
+        if size > self.capacity:
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY)
 
 
-def test_backs_off_by_halving_until_it_fits(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    model = FakeGpuModel(capacity=3)
-    ids = torch.zeros(16, 8, dtype=torch.long)
-    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)
-    assert fit_batch_size(model, ids, torch.ones_like(ids), 16) == 2
-    assert model.seen == [16, 8, 4, 2]
+@pytest.fixture
+def fake_gpu(monkeypatch) -> list[int]:
+    """Every device probes its batch size, as a GPU does; returns the ``empty_cache`` calls."""
+    emptied: list[int] = []
+    monkeypatch.setattr(batching, "probes_memory", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    return emptied
 
 
-def test_other_errors_are_not_swallowed(monkeypatch):
-    model = FakeGpuModel(capacity=0)
-    model.forward = lambda **kwargs: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
-    ids = torch.zeros(4, 8, dtype=torch.long)
-    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)
+def test_backs_off_by_halving_until_it_fits(fake_gpu):
+    step = Step(capacity=3)
+    assert fit_batch_size(step, 16, GPU) == 2
+    assert step.seen == [16, 8, 4, 2] and len(fake_gpu) == 3
+
+
+def test_other_errors_and_out_of_memory_at_one_window_are_raised(fake_gpu):
+    def mismatch(size: int) -> None:
+        raise RuntimeError("shape mismatch")
+
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        fit_batch_size(model, ids, torch.ones_like(ids), 4)
+        fit_batch_size(mismatch, 4, GPU)
+    step = Step(capacity=0)
+    with pytest.raises(torch.OutOfMemoryError):
+        fit_batch_size(step, 4, GPU)
+    assert step.seen == [4, 2, 1]
 
 
 def test_cpu_keeps_the_requested_size_and_bad_sizes_are_rejected():
-    model = torch.nn.Linear(2, 2)
-    ids = torch.zeros(4, 8, dtype=torch.long)
-    assert fit_batch_size(model, ids, torch.ones_like(ids), 4) == 4
+    step = Step(capacity=0)
+    assert fit_batch_size(step, 4, torch.device("cpu")) == 4 and step.seen == []
     with pytest.raises(ConfigError):
-        fit_batch_size(model, ids, torch.ones_like(ids), 0)
+        fit_batch_size(step, 0, torch.device("cpu"))
+
+
+def test_the_capture_probe_runs_a_capture_step_with_its_statistics(toy_model_dir, fake_gpu, monkeypatch):
+    """The capture probes its batch size with a capture step, statistics attached, so memory that
+    only the statistics allocate backs it off (here: any workspace buffer of more than 4 windows'
+    rows); the capture then runs in batches of the probed size, with the statistics of that batch
+    size, nothing of the probe counted. A probe by a plain forward would keep 16 and fail inside
+    the capture."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (16, 8), generator=torch.Generator().manual_seed(1))
+    windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
+    config = CaptureConfig(activation="positive", batch_size=16)
+    expected = capture_statistics(loaded.model, loaded.adapter, windows,
+                                  CaptureConfig(activation="positive", batch_size=4), progress=False)
+    width = loaded.adapter.neuron_width(0)
+    buffer = Workspace.buffer
+
+    def scarce(self, role, shape, device, dtype=torch.float32):
+        if np.prod(shape) > 4 * 8 * width:
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY)
+        return buffer(self, role, shape, device, dtype)
+
+    monkeypatch.setattr(Workspace, "buffer", scarce)
+    sizes: list[int] = []
+    handle = loaded.model.base_model.register_forward_pre_hook(
+        lambda _, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    got = capture_statistics(loaded.model, loaded.adapter, windows, config, progress=False)
+    handle.remove()
+    assert sizes == [16, 8, 4, 4, 4, 4, 4]
+    assert got.n_tokens == expected.n_tokens == ids.numel()
+    for layer in range(loaded.adapter.num_layers):
+        for name in ("active_count", "sweep_count", "pos_active"):
+            np.testing.assert_array_equal(got.layer(layer)[name], expected.layer(layer)[name], err_msg=name)
+
+
+def test_the_perplexity_probe_scores_with_the_loss(toy_model_dir, fake_gpu, monkeypatch):
+    """Perplexity probes its batch size with a scoring step (forward, float32 logits, loss): a
+    batch whose loss does not fit backs it off, and the scores equal those of that batch size."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    stream = torch.randint(0, loaded.model.config.vocab_size, (200,), generator=torch.Generator().manual_seed(2))
+    windows = perplexity.sliding_windows(stream, 16, 8)
+    expected = perplexity.score_windows(loaded.model, windows, batch_size=2)
+    width = windows.inputs.shape[1]
+    cross_entropy = perplexity.F.cross_entropy
+    rows: list[int] = []
+
+    def scarce(logits, *args, **kwargs):
+        rows.append(logits.shape[0])
+        if logits.shape[0] > 2 * width:
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY)
+        return cross_entropy(logits, *args, **kwargs)
+
+    monkeypatch.setattr(perplexity.F, "cross_entropy", scarce)
+    got = perplexity.score_windows(loaded.model, windows, batch_size=8)
+    assert rows[:3] == [8 * width, 4 * width, 2 * width] and max(rows[3:]) <= 2 * width
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_the_default_batch_fills_the_token_budget_and_an_explicit_size_is_kept():

@@ -43,7 +43,7 @@ and added in :class:`~neuronbench.capture.layer.LayerStatistics`.
 (frequency, mean, spread) are methods of :class:`ActivationStatistics` or the detectors.
 """
 
-from neuronbench.capture.collector import StatisticsCollector, batches, capture_statistics
+from neuronbench.capture.collector import StatisticsCollector, batches, capture_batch_size, capture_statistics
 from neuronbench.capture.config import DEFAULT_SWEEP, CaptureConfig, NeuronLayout
 from neuronbench.capture.positions import pearson_with_position
 from neuronbench.capture.statistics import ActivationStatistics
@@ -57,6 +57,7 @@ __all__ = [
     "NeuronLayout",
     "StatisticsCollector",
     "batches",
+    "capture_batch_size",
     "capture_statistics",
     "pearson_with_position",
 ]

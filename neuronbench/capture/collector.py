@@ -198,6 +198,31 @@ class StatisticsCollector:
         )
 
 
+def capture_batch_size(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows,
+                       config: CaptureConfig) -> int:
+    """The capture's windows per batch: ``config.batch_size`` (or the token budget,
+    :func:`neuronbench.batching.windows_per_batch`), at most the corpus, and on a GPU halved until
+    one capture step on the first windows fits (:func:`neuronbench.batching.fit_batch_size`).
+
+    The probed step is a capture of its own: a throwaway :class:`StatisticsCollector` of the same
+    configuration on the backbone's forward, so the statistics' buffers (``[batch tokens, W]``
+    float32 scratch, the top-k candidates) are probed with the forward. A relative rule's layer
+    scale, unless given, is measured on all rows of the probed batch (the first-batch path of
+    :mod:`.scale`). Nothing of the probe is kept."""
+    n_windows, window = windows.input_ids.shape
+    device = next(model.parameters()).device
+
+    def attempt(size: int) -> None:
+        probe = StatisticsCollector(adapter, config, window, model.config.vocab_size, device)
+        input_ids, attention_mask = windows.input_ids[:size].to(device), windows.attention_mask[:size].to(device)
+        with probe.hooked():
+            probe.start_batch(input_ids, attention_mask)
+            model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            probe.end_batch()
+
+    return fit_batch_size(attempt, min(windows_per_batch(config.batch_size, window), n_windows), device)
+
+
 def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows,
                        config: CaptureConfig, progress: bool = True) -> ActivationStatistics:
     """Run one forward pass per batch of ``windows`` and return the streamed statistics.
@@ -205,16 +230,15 @@ def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, win
     The passes run the model's backbone (``model.base_model``): no statistic reads the logits, so
     the LM head (0.36 of a GPT-2-small forward of 4096 tokens on a CPU, paired ratio; on a GPU the
     largest tensor of a batch, ``[tokens, vocabulary]``) never runs. On a GPU the batch size is
-    first probed on the backbone and halved on out-of-memory
-    (:func:`neuronbench.batching.fit_batch_size`), before any statistic is updated. A relative
+    first probed with one capture step and halved on out-of-memory (:func:`capture_batch_size`),
+    before any statistic is updated. A relative
     rule's layer scales, unless given, are first measured on windows spread over the corpus
     (:mod:`.scale`)."""
     if windows.n_tokens == 0:
         raise CaptureError("no tokens to capture: the token windows are empty")
     device = next(model.parameters()).device
-    requested = windows_per_batch(config.batch_size, windows.input_ids.shape[1])
     backbone = model.base_model
-    batch_size = fit_batch_size(backbone, windows.input_ids, windows.attention_mask, requested)
+    batch_size = capture_batch_size(model, adapter, windows, config)
     collector = StatisticsCollector(adapter, config, windows.input_ids.shape[1],
                                     model.config.vocab_size, device)
     sample = spread_windows(*windows.input_ids.shape)
