@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from neuronbench import batching, perplexity
+from neuronbench.ablation import knockout as knockout_scoring
+from neuronbench.attention.knockout import parse_knockout
 from neuronbench.batching import BATCH_TOKENS, MIN_BATCH_WINDOWS, fit_batch_size, windows_per_batch
 from neuronbench.capture import CaptureConfig, capture_statistics
 from neuronbench.capture.batch import Workspace
@@ -164,3 +166,29 @@ def test_a_default_capture_runs_token_budget_batches_with_the_same_statistics(to
             np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
         for name in ("sum_sq", "abs_sum", "max", "min", "pearson_sum"):
             np.testing.assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_the_knockout_probe_scores_under_the_condition(toy_model_dir, fake_gpu, monkeypatch):
+    """The attention knockout probes its batch size once, by scoring under the condition's own
+    knockout (the first it scores): a batch that does not fit backs it off for the condition, its
+    controls and the baseline, and every score equals that of the backed-off batch size."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    sequences = torch.randint(0, loaded.model.config.vocab_size, (8, 9), generator=torch.Generator().manual_seed(3))
+    condition = parse_knockout("last<-previous:2", [0])
+    expected = knockout_scoring.KnockoutRunner(loaded.model, loaded.adapter, sequences, seeds=2,
+                                               batch_size=2).run(condition).to_record()
+    cross_entropy = knockout_scoring.F.cross_entropy
+    batch_rows: list[int] = []
+
+    def scarce(logits, *args, **kwargs):
+        batch_rows.append(logits.shape[0])
+        if logits.shape[0] > 2:
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY)
+        return cross_entropy(logits, *args, **kwargs)
+
+    monkeypatch.setattr(knockout_scoring.F, "cross_entropy", scarce)
+    runner = knockout_scoring.KnockoutRunner(loaded.model, loaded.adapter, sequences, seeds=2, batch_size=8)
+    got = runner.run(condition).to_record()
+    assert batch_rows[:3] == [8, 4, 2] and max(batch_rows[3:]) == 2
+    assert len(batch_rows) == 3 + 4 * (8 // 2)  # the probe's three tries, then 4 batches each of condition, 2 controls, baseline
+    assert got == expected

@@ -17,6 +17,12 @@ position, whose prediction is the window's final token). Random controls
 (:func:`~neuronbench.attention.knockout.random_knockout`, seeds ``0..seeds−1``) knock out as
 many sources in the same rows; each metric gets the controls' mean, std (ddof = 1) and the
 condition's z-score (:func:`~neuronbench.ablation.controls.summarize_controls`).
+
+Batches. ``batch_size`` sequences per forward pass (``None``:
+:func:`neuronbench.batching.windows_per_batch`); on a GPU probed once, by scoring the first
+sequences under the first knockout that a :meth:`KnockoutRunner.run` scores (the condition's own,
+before its controls and the baseline; :func:`neuronbench.batching.fit_batch_size`), and halved on
+out-of-memory.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from neuronbench.ablation.controls import ControlSummary, resolve_seeds, summari
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET
 from neuronbench.attention.knockout import NO_KNOCKOUT, Knockout, knocked_out, random_knockout
-from neuronbench.batching import windows_per_batch
+from neuronbench.batching import fit_batch_size, windows_per_batch
 from neuronbench.errors import ConfigError, NonFiniteLossError
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ class KnockoutRunner:
         self.batch_size = batch_size
         self.memory_budget_bytes = memory_budget_bytes
         self._baselines: dict[tuple[int, ...], KnockoutScore] = {}
+        self._fitted: int | None = None
 
     @property
     def length(self) -> int:
@@ -136,7 +143,16 @@ class KnockoutRunner:
                 self._baselines[key] = self.score(NO_KNOCKOUT, targets)
             return self._baselines[key]
         with knocked_out(self.adapter, knockout, self.memory_budget_bytes):
-            return score_windows(self.model, self.sequences, targets, self.batch_size)
+            return score_windows(self.model, self.sequences, targets, self._fitted_batch_size(targets))
+
+    def _fitted_batch_size(self, targets: torch.Tensor) -> int:
+        """Sequences per batch, fitted (on a GPU) by the first call, under whatever knockout is active."""
+        if self._fitted is None:
+            requested = min(windows_per_batch(self.batch_size, self.length), self.sequences.shape[0])
+            self._fitted = fit_batch_size(
+                lambda size: score_windows(self.model, self.sequences[:size], targets, size),
+                requested, next(self.model.parameters()).device)
+        return self._fitted
 
     def run(self, knockout: Knockout) -> KnockoutResult:
         """``knockout``, its random controls and the baseline."""
