@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from neuronbench.batching import windows_per_batch
+from neuronbench.batching import fit_batch_size, windows_per_batch
 from neuronbench.capture import ActivationStatistics
 from neuronbench.data import TokenWindows
 from neuronbench.errors import CaptureError
@@ -48,8 +48,18 @@ class NeuronContext:
 
 def _window_activations(model: torch.nn.Module, adapter, windows: TokenWindows, needed: np.ndarray,
                         chosen: Mapping[int, np.ndarray], batch_size: int | None) -> dict[int, torch.Tensor]:
-    """``{layer: [len(needed), T, len(chosen[layer])]}`` activations of the chosen neurons."""
-    batch_size = windows_per_batch(batch_size, windows.input_ids.shape[1])
+    """``{layer: [len(needed), T, len(chosen[layer])]}`` activations of the chosen neurons, from
+    forward passes of the backbone (no logits read) in batches of ``batch_size`` windows; on a GPU
+    probed by the backbone's forward on the first windows (the kept columns are small beside it)
+    and halved on out-of-memory (:func:`neuronbench.batching.fit_batch_size`)."""
+    device = next(model.parameters()).device
+
+    def forward(rows: torch.Tensor) -> None:
+        model.base_model(input_ids=windows.input_ids[rows].to(device),
+                         attention_mask=windows.attention_mask[rows].to(device), use_cache=False)
+
+    batch_size = min(windows_per_batch(batch_size, windows.input_ids.shape[1]), needed.size)
+    batch_size = fit_batch_size(lambda size: forward(torch.as_tensor(needed[:size])), batch_size, device)
     parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in chosen}
     columns = {layer: torch.as_tensor(idx, dtype=torch.long) for layer, idx in chosen.items()}
 
@@ -58,13 +68,10 @@ def _window_activations(model: torch.nn.Module, adapter, windows: TokenWindows, 
         parts[layer].append(tensor[..., columns[layer].to(tensor.device)].float().cpu())
 
     handles = [h for layer in chosen for h in adapter.register_capture(layer, [NEURONS], sink)]
-    device = next(model.parameters()).device
     try:
         with torch.inference_mode():
             for start in range(0, needed.size, batch_size):
-                rows = torch.as_tensor(needed[start:start + batch_size])
-                model.base_model(input_ids=windows.input_ids[rows].to(device),  # no logits read
-                                 attention_mask=windows.attention_mask[rows].to(device), use_cache=False)
+                forward(torch.as_tensor(needed[start:start + batch_size]))
     finally:
         for handle in handles:
             handle.remove()

@@ -11,6 +11,8 @@ import torch
 from neuronbench import batching, perplexity
 from neuronbench.ablation import knockout as knockout_scoring
 from neuronbench.attention.knockout import parse_knockout
+from neuronbench.contexts import top_contexts
+from neuronbench.detectors.sensitivity import input_change_sensitivity
 from neuronbench.batching import BATCH_TOKENS, MIN_BATCH_WINDOWS, fit_batch_size, windows_per_batch
 from neuronbench.capture import CaptureConfig, capture_statistics
 from neuronbench.capture.batch import Workspace
@@ -191,4 +193,55 @@ def test_the_knockout_probe_scores_under_the_condition(toy_model_dir, fake_gpu, 
     got = runner.run(condition).to_record()
     assert batch_rows[:3] == [8, 4, 2] and max(batch_rows[3:]) == 2
     assert len(batch_rows) == 3 + 4 * (8 // 2)  # the probe's three tries, then 4 batches each of condition, 2 controls, baseline
+    assert got == expected
+
+
+def scarce_forward(module: torch.nn.Module, capacity: int) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    """A pre-hook that makes ``module``'s forward run out of memory above ``capacity`` rows; returns
+    the rows of each call and the hook's handle."""
+    rows: list[int] = []
+
+    def hook(_, args, kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        if rows[-1] > capacity:
+            raise torch.OutOfMemoryError(OUT_OF_MEMORY)
+
+    return rows, module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_the_sensitivity_probe_runs_an_original_and_perturbed_pass(toy_model_dir, fake_gpu):
+    """The input-change pass probes its samples per batch with its own pass (two windows a
+    sample); nothing of the probe is summed: the detection equals that of the backed-off size."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (6, 12), generator=torch.Generator().manual_seed(4))
+    windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
+    options = dict(n_samples=8, horizon=3, top_k=2)
+    expected = input_change_sensitivity(loaded.model, loaded.adapter, windows, batch_size=2, **options)
+    rows, handle = scarce_forward(loaded.model, capacity=2 * 2)
+    got = input_change_sensitivity(loaded.model, loaded.adapter, windows, batch_size=8, **options)
+    handle.remove()
+    assert rows == [16, 8, 4] + [4] * 4
+    for layer, detection in expected.items():
+        np.testing.assert_array_equal(got[layer].scores, detection.scores)
+        np.testing.assert_array_equal(got[layer].indices, detection.indices)
+
+
+def test_the_context_pass_probes_the_backbone(toy_model_dir, fake_gpu):
+    """The neuron pages' context pass probes its windows per batch on the backbone; the contexts
+    equal those of the backed-off size."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (8, 8), generator=torch.Generator().manual_seed(5))
+    windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
+    stats = capture_statistics(loaded.model, loaded.adapter, windows,
+                               CaptureConfig(top_activations=8, batch_size=8), progress=False)
+    neurons = {0: [0, 1, 2]}
+    expected = top_contexts(loaded.model, loaded.adapter, windows, stats, neurons, batch_size=2)
+    rows, handle = scarce_forward(loaded.model.base_model, capacity=3)
+    got = top_contexts(loaded.model, loaded.adapter, windows, stats, neurons, batch_size=8)
+    handle.remove()
+    probe = [rows[0]]  # the windows that hold a top-k position, all in the first try
+    while probe[-1] > 3:
+        probe.append(probe[-1] // 2)
+    assert len(probe) > 1 and rows[:len(probe)] == probe
+    assert max(rows[len(probe):]) <= 3 and sum(rows[len(probe):]) == rows[0]
     assert got == expected

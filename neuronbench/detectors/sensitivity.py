@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.adapters.base import parse_layers
-from neuronbench.batching import windows_per_batch
+from neuronbench.batching import fit_batch_size, windows_per_batch
 from neuronbench.data import TokenWindows
 from neuronbench.detectors.delta import TOP_K, require_delta
 from neuronbench.detectors.null import WARN_FRACTION, NullCalibration, calibrate
@@ -178,7 +178,8 @@ def input_change_sensitivity(model: torch.nn.Module, adapter: ArchitectureAdapte
 
     ``details``: ``mean_change``, ``mean_abs_activation`` and ``robust_z`` per neuron. ``batch_size``:
     samples per forward pass, each an original and a perturbed window (``None``: as many as fill
-    :data:`neuronbench.batching.BATCH_TOKENS` with both).
+    :data:`neuronbench.batching.BATCH_TOKENS` with both); on a GPU probed with the first samples'
+    pass (its sums discarded) and halved on out-of-memory (:func:`neuronbench.batching.fit_batch_size`).
     """
     n_samples = check_count("input-change samples", n_samples)
     horizon = check_count("input-change horizon", horizon)
@@ -188,17 +189,23 @@ def input_change_sensitivity(model: torch.nn.Module, adapter: ArchitectureAdapte
     chosen = parse_layers(layers, adapter.num_layers)
     window, position, replacement = draw_replacements(windows, model.config.vocab_size, n_samples, horizon, seed,
                                                       exclude_token_ids)
-    sums: dict[int, list[list[torch.Tensor]]] = {layer: [[], []] for layer in chosen}
     device = next(model.parameters()).device
-    starts = range(0, n_samples, batch_size)
+
+    def run(part: slice, sums: dict[int, list[list[torch.Tensor]]]) -> None:
+        originals = windows.input_ids[window[part]].to(device)
+        perturbed = originals.clone()
+        rows = torch.arange(perturbed.shape[0], device=device)
+        perturbed[rows, position[part].to(device)] = replacement[part].to(device)
+        _capture_sums(model, adapter, chosen, originals, perturbed, position[part], horizon, sums)
+
+    def no_sums() -> dict[int, list[list[torch.Tensor]]]:
+        return {layer: [[], []] for layer in chosen}
+
+    batch_size = fit_batch_size(lambda size: run(slice(0, size), no_sums()), min(batch_size, n_samples), device)
+    sums = no_sums()
     with torch.inference_mode():
-        for start in tqdm(starts, desc="input change", disable=not progress):
-            part = slice(start, start + batch_size)
-            originals = windows.input_ids[window[part]].to(device)
-            perturbed = originals.clone()
-            rows = torch.arange(perturbed.shape[0], device=device)
-            perturbed[rows, position[part].to(device)] = replacement[part].to(device)
-            _capture_sums(model, adapter, chosen, originals, perturbed, position[part], horizon, sums)
+        for start in tqdm(range(0, n_samples, batch_size), desc="input change", disable=not progress):
+            run(slice(start, start + batch_size), sums)
     measured = n_samples * horizon
     out = {}
     for layer, parts in sums.items():
