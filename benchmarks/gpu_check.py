@@ -7,6 +7,10 @@
   causal convolution through ``nn.Conv1d``: its 10-bit mantissa (about 1e-3 relative) would move
   activations across the activity threshold. On the CPU, perturbing every weight by 1e-6 relative
   moves no count and no float beyond these tolerances on the same data.
+* ``syncs``: the host synchronisations of a capture on CUDA (``torch.cuda.set_sync_debug_mode``),
+  counted inside the collector's hooks (while the forward pass runs: expected none for the
+  default statistics) and in all, per batch, for toy GPT-2 and Mamba with full windows and with a
+  padded last window; top-k adds its per-layer candidate reads and is left out.
 * ``oom``: the capture's batch probe (:func:`neuronbench.capture.capture_batch_size`: one capture
   step, statistics attached) backs off from a batch that does not fit (a GPT-2-small shape,
   1024-token windows) and the capture then runs, over one batch of the size it backed off to and
@@ -17,13 +21,14 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from neuronbench.adapters.attention_impl import attention_implementation, eager_attention
-from neuronbench.capture import CaptureConfig, capture_batch_size, capture_statistics
+from neuronbench.capture import CaptureConfig, StatisticsCollector, capture_batch_size, capture_statistics
 from neuronbench.data import TokenWindows
 from neuronbench.models import load_model
 from neuronbench.toy import build_toy_model
@@ -80,7 +85,39 @@ def check_oom(root: Path) -> str:
     return f"batch {asked} x 1024 tokens backed off to {chosen}; capture of {small.n_tokens} tokens ran"
 
 
-CHECKS = {"capture": check_capture, "oom": check_oom}
+def check_syncs(root: Path) -> str:
+    notes = []
+    for family in ("gpt2", "mamba"):
+        loaded = load_model(str(build_toy_model(family, root / f"syncs-{family}")), device="cuda", dtype="float32")
+        data = windows(300, 12, 64)
+        counted = {"hooks": 0, "all": 0}
+        receive = StatisticsCollector.receive
+
+        def synchronisations() -> int:
+            return sum("synchroniz" in str(warning.message) for warning in caught)
+
+        def counting_receive(self, name, tensor, *, seen=counted):
+            before = synchronisations()
+            receive(self, name, tensor)
+            seen["hooks"] += synchronisations() - before
+
+        StatisticsCollector.receive = counting_receive
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                capture_statistics(loaded.model, loaded.adapter, data, CaptureConfig(batch_size=4), progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            StatisticsCollector.receive = receive
+        counted["all"] = synchronisations()
+        batches = -(-data.input_ids.shape[0] // 4)
+        notes.append(f"{family}: {counted['hooks']} in the hooks, {counted['all'] / batches:.1f} per batch in all")
+        assert counted["hooks"] == 0, f"{family}: {counted['hooks']} synchronisations inside the hooks"
+    return "syncs " + "; ".join(notes)
+
+
+CHECKS = {"capture": check_capture, "syncs": check_syncs, "oom": check_oom}
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as root:

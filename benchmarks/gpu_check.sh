@@ -28,8 +28,9 @@ step() {  # step NAME SECONDS COMMAND...
 
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { echo "no CUDA device: nothing to check"; exit 1; }
 step capture-equals-cpu 60 "$PY" benchmarks/gpu_check.py capture
-step bench-fp32 110 "$PY" benchmarks/bench_capture.py --device cuda --dtype float32 --shapes gpt2-small mamba-130m
-step bench-bf16 110 "$PY" benchmarks/bench_capture.py --device cuda --dtype bfloat16 --shapes gpt2-small mamba-130m
+step bench-fp32 105 "$PY" benchmarks/bench_capture.py --device cuda --dtype float32 --shapes gpt2-small mamba-130m
+step bench-bf16 105 "$PY" benchmarks/bench_capture.py --device cuda --dtype bfloat16 --shapes gpt2-small mamba-130m
+step syncs 30 "$PY" benchmarks/gpu_check.py syncs
 step oom-backoff 60 "$PY" benchmarks/gpu_check.py oom
 step suite-cuda 120 "$PY" -m pytest suite --device cuda --no-cache --out "$logs/suite" -p no:cacheprovider -q
 

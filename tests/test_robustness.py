@@ -33,6 +33,7 @@ from neuronbench.cli import parser, pytest_arguments
 from neuronbench.config import run_config_from
 from neuronbench.errors import (
     CacheError,
+    CaptureError,
     ConfigError,
     CorpusError,
     LayerRangeError,
@@ -172,6 +173,36 @@ def test_finite_check_costs_one_reduction_and_names_the_batch():
     delta[0, 1, 2] = float("nan")
     with pytest.raises(NonFiniteActivationError, match=r"layer 1, tensor 'blocks.1.ssm.delta' \(ssm.delta\), batch 0"):
         ssm.feed(ids, mask, {"blocks.0.neurons": bad[:1].expand(2, 3, 4) * 0, "blocks.1.ssm.delta": delta})
+
+
+def test_a_nan_weight_is_located_by_one_more_forward_pass(broken_models):
+    """A capture reads the batch's checksums once, after the forward pass; a non-finite one runs
+    the batch's forward once more, scanning only the failed tensors, and names the first NaN."""
+    from neuronbench.capture import capture_statistics
+    from neuronbench.data import TokenWindows
+    from neuronbench.models import load_model
+
+    loaded = load_model(str(broken_models["nan-weights"]), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (4, 6), generator=torch.Generator().manual_seed(0))
+    forwards: list[int] = []
+    handle = loaded.model.base_model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    with pytest.raises(NonFiniteActivationError,
+                       match=r"layer 1, tensor 'blocks.1.neurons' \(neurons\), batch 0: 12 of 1536 values are NaN or inf, the first at index \(0, 0, 3\)"):
+        capture_statistics(loaded.model, loaded.adapter, TokenWindows(ids, torch.ones_like(ids), ids.numel()),
+                           CaptureConfig(batch_size=2, activation="positive"), progress=False)
+    handle.remove()
+    assert len(forwards) == 2  # an absolute rule: no layer-scale pass
+
+
+def test_a_replay_that_hands_nothing_over_is_an_error():
+    """A non-finite checksum is never let through because the tensors were not handed over again."""
+    collector = StatisticsCollector(NeuronLayout(num_layers=1, width=4), CaptureConfig(token_counts=False, trigrams=False),
+                                    3, 10, torch.device("cpu"))
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    collector.start_batch(ids, torch.ones_like(ids))
+    collector.receive("blocks.0.neurons", torch.full((2, 3, 4), float("nan")))
+    with pytest.raises(CaptureError, match=r"\['blocks.0.neurons'\] had a non-finite checksum in batch 0, but the replay"):
+        collector.end_batch(replay=lambda: None)
 
 
 def test_a_delta_that_underflowed_to_zero_fails_instead_of_a_nan_spread():

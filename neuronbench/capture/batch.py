@@ -103,38 +103,50 @@ class WindowMoments:
 class BatchContext:
     """What every layer needs to know about the current batch (flat = real positions, row-major).
 
-    ``real [B, T]``, ``lengths`` (real positions per window,
-    on the host: the one host synchronisation of a batch); for the token table the
-    kept positions split by count tier (``parts``); for trigrams the flat mask ``trigram``
-    (trigram positions), the flat indices ``outside`` (real positions that are not trigram
-    positions) and the id of each trigram position's trigram.
+    ``real [B, T]`` and ``rows`` (the flat indices of the real positions among all ``B·T``;
+    ``None`` when every position is real), ``segment_sizes`` (float64 ``[n, 1]``, the rows of each
+    of :attr:`segments`) and ``full_segments`` (int64, the indices of the full ones) on the
+    capture's device; ``lengths`` (real positions per window) on the host. For the token table the kept positions split by count tier
+    (``parts``); for trigrams the flat mask ``trigram`` (trigram positions), the flat indices
+    ``outside`` (real positions that are not trigram positions) and the id of each trigram
+    position's trigram. All of it is computed on the host, from the batch before it is moved to
+    the device, so preparing a batch reads nothing back from a GPU.
     """
 
     real: torch.Tensor
     lengths: list[int]
+    rows: torch.Tensor | None = None
+    segment_sizes: torch.Tensor | None = None
+    full_segments: torch.Tensor | None = None
     parts: list[TierPart] | None = None
     trigram: torch.Tensor | None = None
     outside: torch.Tensor | None = None
     trigram_ids: np.ndarray | None = None
 
     @classmethod
-    def of(cls, real: torch.Tensor) -> BatchContext:
-        """The context of a batch with real positions ``real [B, T]`` (bool)."""
-        return cls(real=real, lengths=real.sum(dim=1).tolist())
+    def of(cls, real: torch.Tensor, device: torch.device | None = None) -> BatchContext:
+        """The context of a batch with real positions ``real [B, T]`` (bool), read on the host and
+        held on ``device`` (default: where ``real`` lies)."""
+        host = real.cpu()
+        device = real.device if device is None else device
+        rows = None if bool(host.all()) else host.flatten().nonzero().flatten().to(device)
+        context = cls(real=real.to(device), lengths=host.sum(dim=1).tolist(), rows=rows)
+        sizes = [(size, whole) for _, size, whole in context.segments]
+        context.segment_sizes = torch.tensor([size for size, _ in sizes], dtype=torch.float64).view(-1, 1).to(device)
+        context.full_segments = torch.tensor([i for i, (_, whole) in enumerate(sizes) if whole],
+                                             dtype=torch.int64).to(device)
+        return context
 
     @cached_property
     def n_full(self) -> int:
         """Windows without padding."""
         return sum(length == self.real.shape[1] for length in self.lengths)
 
-    @property
-    def all_real(self) -> bool:
-        """Every position of the batch is real (every window is full)."""
-        return self.n_full == self.real.shape[0]
-
     def flat(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``[B, T, ...]`` -> ``[n_real, ...]`` (a view when every position is real)."""
-        return tensor.flatten(0, 1) if self.all_real else tensor[self.real]
+        """``[B, T, ...]`` -> ``[n_real, ...]`` (a view when every position is real and the tensor's
+        layout allows; else gathered by :attr:`rows`, which needs no host read)."""
+        flat = tensor.flatten(0, 1)
+        return flat if self.rows is None else flat.index_select(0, self.rows)
 
     @cached_property
     def segments(self) -> list[tuple[int, int, bool]]:

@@ -160,9 +160,9 @@ class _Segments:
     """Sums of each segment (a window's real rows) centred on the segment's float32 mean: float32
     totals of per-block matmuls (a few blocks per segment), read out in float64."""
 
-    def __init__(self, sizes: list[int], length: int, width: int, device: torch.device) -> None:
-        n, f32 = len(sizes), torch.float32
-        self.sizes = torch.tensor(sizes, dtype=torch.float64, device=device).view(n, 1)
+    def __init__(self, sizes: torch.Tensor, length: int, width: int, device: torch.device) -> None:
+        n, f32 = sizes.shape[0], torch.float32
+        self.sizes = sizes
         self.basis = torch.stack([torch.ones(length, device=device),
                                   torch.arange(length, dtype=f32, device=device) - (length - 1) / 2])
         self.means = torch.empty(n, 1, width, dtype=f32, device=device)
@@ -180,9 +180,8 @@ class _Segments:
         centred_sq = (self.squares[:, 0].double() - residual.square() / self.sizes).clamp_min(0.0)
         return total, centred_sq
 
-    def windows(self, full: list[int], length: int) -> WindowMoments:
-        """:class:`WindowMoments` of the segments ``full`` (full windows of ``length`` rows)."""
-        index = torch.tensor(full, dtype=torch.long, device=self.sums.device)
+    def windows(self, index: torch.Tensor, length: int) -> WindowMoments:
+        """:class:`WindowMoments` of the segments ``index`` (int64: full windows of ``length`` rows)."""
         total, centred_sq = (value.index_select(0, index) for value in self.totals())
         return WindowMoments(total, self.sums[:, 1].index_select(0, index).double(), centred_sq,
                              self.max.index_select(0, index), self.min.index_select(0, index), length)
@@ -204,7 +203,7 @@ def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan
     sweep = _Counts((len(others), 1, width), device) if others else None
     ones = torch.ones(1, max(largest, length), dtype=torch.float32, device=device)
     active = workspace.buffer("active", (n, width), device, torch.bool) if plan.active else None
-    sums = _Segments([size for _, size, _ in segments], length, width, device)
+    sums = _Segments(batch.segment_sizes, length, width, device)
     position_active = position_sum = None
     if positional:
         position_active = workspace.buffer("position_active", (length, width), device)
@@ -249,7 +248,7 @@ def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan
     return Reductions(
         counts=at_tau, sweep=_sweep_in_order(plan, at_tau, sweep), abs_sum=sums.magnitude[:, 0].double().sum(0),
         total=total.sum(0), total_sq=sum_sq.sum(0), max=sums.max.amax(0), min=sums.min.amin(0), active=active,
-        windows=sums.windows(positional, length) if positional else None, position_active=position_active,
+        windows=sums.windows(batch.full_segments, length) if positional else None, position_active=position_active,
         position_sum=position_sum,
     )
 

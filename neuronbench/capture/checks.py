@@ -5,13 +5,17 @@ Every tensor the hooks hand to the collector (neurons, and Δ for an SSM) is che
 (unpadded) positions without a reduction of its own: the statistics already reduce every real
 value once per batch (:attr:`~neuronbench.capture.moments.Moments.checksum`, the float32 sums of
 ``log Δ`` for Δ), and a NaN or ±inf propagates into such a sum, so ``isfinite(Σ checksum)`` (a
-sum of ``W`` float64 values) decides. Only when it is not finite is the tensor scanned element by
-element, so a finite tensor whose sum overflows float32 is not mistaken for a non-finite one. A
+sum of ``W`` float64 values) decides. The batch's sums stay on the device until the batch ends;
+then :meth:`FiniteCheck.failed` reads all of them at once: one host read a batch, the only one
+the capture of frequency and positional statistics makes on a GPU (the top-k reservoir and the
+exact trigram tables read their candidates' indices per layer).
+
+Only when a sum is not finite are the tensors scanned element by element (:meth:`FiniteCheck.scan`,
+after the collector hands them over once more: :meth:`~.collector.StatisticsCollector.end_batch`),
+so a finite tensor whose sum overflows float32 is not mistaken for a non-finite one. A
 non-finite value raises :class:`NonFiniteActivationError` naming the model, the layer, the
 tensor, the batch and the first offending position; so does a Δ that underflowed to 0 (its
 ``log Δ`` is −inf, and its spread would come out NaN).
-
-The check reads the result on the host (one synchronisation per batch and layer on a GPU).
 """
 
 from __future__ import annotations
@@ -30,22 +34,35 @@ def model_label(adapter: object) -> str:
 
 
 class FiniteCheck:
-    """Checks every received tensor of the current batch; :meth:`next_batch` advances the index."""
+    """The non-finite check of every tensor received in a batch; :meth:`next_batch` starts a batch."""
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.batch = -1
+        self._names: list[str] = []
+        self._sums: list[torch.Tensor] = []
 
     def next_batch(self) -> None:
         self.batch += 1
+        self._names, self._sums = [], []
 
-    def __call__(self, name: str, tensor: torch.Tensor, checksum: torch.Tensor | None,
-                 real: torch.Tensor) -> None:
-        """Raise :class:`NonFiniteActivationError` if ``tensor [B, T, ...]`` holds a NaN or ±inf at a
-        real position (``real [B, T]``); ``checksum`` is the statistics' per-batch reduction of
-        those values (``None``: no real position)."""
-        if checksum is None or bool(torch.isfinite(checksum.sum())):
-            return
+    def add(self, name: str, checksum: torch.Tensor | None) -> None:
+        """Keep ``Σ checksum`` of tensor ``name`` (the statistics' per-batch reduction of its real
+        values; ``None``: no real position) on its device until :meth:`failed`."""
+        if checksum is not None:
+            self._names.append(name)
+            self._sums.append(checksum.sum())
+
+    def failed(self) -> list[str]:
+        """The tensors of this batch whose checksum is not finite (one host read for all of them)."""
+        if not self._sums:
+            return []
+        finite = torch.isfinite(torch.stack([value.to(self._sums[0].device) for value in self._sums])).tolist()
+        return [name for name, ok in zip(self._names, finite) if not ok]
+
+    def scan(self, name: str, tensor: torch.Tensor, real: torch.Tensor) -> None:
+        """Raise :class:`NonFiniteActivationError` if ``tensor [B, T, ...]`` holds a NaN or ±inf
+        (for Δ also a value ≤ 0) at a real position (``real [B, T]``)."""
         layer, kind = parse_act_name(name)
         bad = ~torch.isfinite(tensor)
         if kind == SSM_DELTA:

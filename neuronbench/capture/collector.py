@@ -3,7 +3,7 @@ forward pass runs; :func:`capture_statistics` runs one forward pass per batch.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -68,7 +68,8 @@ class StatisticsCollector:
         if config.trigram_neurons is not None and not config.trigrams:
             raise ConfigError("trigram_neurons needs trigrams=True (the trigram index)")
         self.trigram_rows = TrigramRows(vocab_size) if config.trigrams else None
-        self.exclude = torch.tensor(sorted(config.exclude_token_ids), dtype=torch.long, device=device)
+        self.device = device
+        self.exclude = torch.tensor(sorted(config.exclude_token_ids), dtype=torch.long)
         widths = {layer: adapter.neuron_width(layer) for layer in self.layers}
         chosen = _trigram_neurons(config.trigram_neurons, self.layers, widths)
         self.workspace = Workspace()
@@ -86,6 +87,7 @@ class StatisticsCollector:
         }
         self._batch: BatchContext | None = None
         self._seen: set[str] = set()
+        self._scanning: set[str] | None = None
         self.finite = FiniteCheck(model_label(adapter))
 
     @property
@@ -117,39 +119,55 @@ class StatisticsCollector:
                 handle.remove()
 
     def start_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        real = attention_mask.bool()
+        """Prepare the batch ``input_ids``, ``attention_mask [B, T]`` (:class:`BatchContext`): on the
+        host, where the batches come from (tensors on a device are read back first), then moved to
+        the capture's device."""
+        input_ids, real = input_ids.cpu(), attention_mask.cpu().bool()
         kept = real & ~torch.isin(input_ids, self.exclude)
-        batch = BatchContext.of(real)
+        batch = BatchContext.of(real, self.device)
         if self.rows is not None:
-            tokens = input_ids[kept].cpu()
+            tokens = input_ids[kept]
             promotion = self.rows.update(tokens)
             for stats in self.stats.values():
                 stats.tokens.prepare(promotion)
             tier, slot = self.rows.locate(tokens)
             keep = None if bool(kept[real].all()) else kept[real]
-            batch.parts = tier_parts(keep, tier.to(real.device), slot.to(real.device))
+            batch.parts = [part.to(self.device) for part in tier_parts(keep, tier, slot)]
         if self.trigram_rows is not None:
             positions = trigram_positions(real, kept)
-            batch.trigram, batch.outside = positions[real], (~positions)[real].nonzero().flatten()
+            batch.trigram = positions[real].to(self.device)
+            batch.outside = (~positions)[real].nonzero().flatten().to(self.device)
             codes = trigram_codes(input_ids, self.vocab_size)[positions]
-            batch.trigram_ids = self.trigram_rows.ids(codes.cpu().numpy())
+            batch.trigram_ids = self.trigram_rows.ids(codes.numpy())
         self._batch = batch
         self._seen = set()
         self.finite.next_batch()
 
     def receive(self, name: str, tensor: torch.Tensor) -> None:
-        """Fold one named activation into its layer's statistics, then check it for non-finite
-        values through the statistics' per-batch checksum (:mod:`.checks`)."""
+        """Fold one named activation into its layer's statistics and keep their checksum for the
+        batch's non-finite check (:mod:`.checks`); while :meth:`end_batch` locates a non-finite
+        value, only scan the tensors whose checksum failed."""
+        if self._scanning is not None:
+            if name in self._scanning:
+                self.finite.scan(name, tensor, self._batch.real)
+                self._scanning.discard(name)
+            return
         layer, kind = parse_act_name(name)
         if kind == NEURONS:
             checksum = self.stats[layer].update_neurons(tensor, self._batch)
         else:
             checksum = self.stats[layer].update_delta(tensor, self._batch)
-        self.finite(name, tensor, checksum, self._batch.real)
+        self.finite.add(name, checksum)
         self._seen.add(name)
 
-    def end_batch(self) -> None:
-        """Fail loudly if any hook did not fire during the forward pass."""
+    def end_batch(self, replay: Callable[[], object]) -> None:
+        """Fail loudly if a received tensor holds a non-finite value, or if any hook did not fire
+        during the forward pass. The non-finite check reads the batch's checksums once; when one is
+        not finite, ``replay()`` hands the batch's tensors over again (the forward pass once more,
+        or the fed tensors) and the failed ones are scanned, naming the first offending value."""
+        failed = self.finite.failed()
+        if failed:
+            self._locate(failed, replay)
         expected = {f"blocks.{layer}.{kind}" for layer in self.layers for kind in self.kinds}
         missing = expected - self._seen
         if missing:
@@ -158,13 +176,29 @@ class StatisticsCollector:
                 "the hooked modules (is the adapter right for this model?)"
             )
 
+    def _locate(self, failed: list[str], replay: Callable[[], object]) -> None:
+        """Scan the tensors ``failed`` as ``replay()`` hands them over (raises on a non-finite value;
+        returns when each held none: a finite tensor whose float32 sum overflowed)."""
+        self._scanning = set(failed)
+        try:
+            replay()
+            unscanned = sorted(self._scanning)
+        finally:
+            self._scanning = None
+        if unscanned:
+            raise CaptureError(f"{unscanned} had a non-finite checksum in batch {self.finite.batch}, but the replay "
+                               "did not hand them over again to be located")
+
     def feed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              activations: Mapping[str, torch.Tensor]) -> None:
         """Fold one batch of activations given directly (``{act name: tensor}``), without a model."""
+        def receive_all() -> None:
+            for name, tensor in activations.items():
+                self.receive(name, tensor)
+
         self.start_batch(input_ids, attention_mask)
-        for name, tensor in activations.items():
-            self.receive(name, tensor)
-        self.end_batch()
+        receive_all()
+        self.end_batch(replay=receive_all)
 
     def feed_ngrams(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     active: Mapping[int, torch.Tensor]) -> None:
@@ -198,6 +232,14 @@ class StatisticsCollector:
         )
 
 
+def backbone_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     device: torch.device) -> Callable[[], object]:
+    """The backbone's forward pass (``model.base_model``: no logits) over one batch, on ``device``,
+    as a call that :meth:`StatisticsCollector.end_batch` can repeat."""
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    return lambda: model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
 def capture_batch_size(model: torch.nn.Module, adapter: ArchitectureAdapter, windows: TokenWindows,
                        config: CaptureConfig) -> int:
     """The capture's windows per batch: ``config.batch_size`` (or the token budget,
@@ -214,11 +256,11 @@ def capture_batch_size(model: torch.nn.Module, adapter: ArchitectureAdapter, win
 
     def attempt(size: int) -> None:
         probe = StatisticsCollector(adapter, config, window, model.config.vocab_size, device)
-        input_ids, attention_mask = windows.input_ids[:size].to(device), windows.attention_mask[:size].to(device)
         with probe.hooked():
-            probe.start_batch(input_ids, attention_mask)
-            model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            probe.end_batch()
+            probe.start_batch(windows.input_ids[:size], windows.attention_mask[:size])
+            forward = backbone_forward(model, windows.input_ids[:size], windows.attention_mask[:size], device)
+            forward()
+            probe.end_batch(replay=forward)
 
     return fit_batch_size(attempt, min(windows_per_batch(config.batch_size, window), n_windows), device)
 
@@ -237,7 +279,6 @@ def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, win
     if windows.n_tokens == 0:
         raise CaptureError("no tokens to capture: the token windows are empty")
     device = next(model.parameters()).device
-    backbone = model.base_model
     batch_size = capture_batch_size(model, adapter, windows, config)
     collector = StatisticsCollector(adapter, config, windows.input_ids.shape[1],
                                     model.config.vocab_size, device)
@@ -251,8 +292,8 @@ def capture_statistics(model: torch.nn.Module, adapter: ArchitectureAdapter, win
     with torch.inference_mode(), collector.hooked():
         for input_ids, attention_mask in tqdm(batches(windows, batch_size), total=total,
                                               desc="capture", unit="batch", disable=not progress):
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             collector.start_batch(input_ids, attention_mask)
-            backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-            collector.end_batch()
+            forward = backbone_forward(model, input_ids, attention_mask, device)
+            forward()
+            collector.end_batch(replay=forward)
     return collector.result()

@@ -26,6 +26,7 @@ error, and runs eagerly for the rest of the process (:data:`FALLBACK` records wh
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -101,11 +102,18 @@ def pivot_totals(shifted_sum: torch.Tensor, shifted_sq: torch.Tensor, pivot: tor
     return s1 + n * p, s2 + 2 * p * s1 + n * p * p
 
 
+@functools.lru_cache(maxsize=256)
+def _cuts(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The cuts as a tensor on ``device``, made once per layer's values: made afresh for every
+    layer and batch, it would be a host-to-device copy, a synchronisation with a GPU in the
+    middle of the forward pass."""
+    return torch.tensor(values, dtype=dtype).to(device)
+
+
 def reduce_layer(flat: torch.Tensor, batch: BatchContext, mask: Mask, plan: Plan,
                  workspace: Workspace) -> Reductions:
     """:func:`neuronbench.capture.blocks.reduce_layer` from the compiled functions (``workspace`` unused)."""
-    taus = (plan.threshold, *plan.sweep)
-    cuts = torch.tensor([mask.cut(tau) for tau in taus], dtype=flat.dtype, device=flat.device)
+    cuts = _cuts(tuple(mask.cut(tau) for tau in (plan.threshold, *plan.sweep)), flat.dtype, flat.device)
     counts, shifted_sum, shifted_sq, abs_sum, largest, smallest = moments(flat, cuts, mask.relative)
     total, total_sq = pivot_totals(shifted_sum, shifted_sq, flat[0], flat.shape[0])
     reduced = Reductions(counts=counts[0], sweep=counts[1:] if plan.sweep else None, abs_sum=abs_sum, total=total,

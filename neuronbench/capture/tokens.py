@@ -193,6 +193,9 @@ class TierPart:
     positions: torch.Tensor | None
     slots: torch.Tensor
 
+    def to(self, device: torch.device) -> TierPart:
+        return TierPart(self.tier, None if self.positions is None else self.positions.to(device), self.slots.to(device))
+
 
 def tier_parts(keep: torch.Tensor | None, tier: torch.Tensor, slot: torch.Tensor) -> list[TierPart]:
     """Split a batch's kept positions (flat mask ``keep``, ``None`` = all) by count tier."""
