@@ -90,6 +90,25 @@ def test_layer_scale_comes_from_windows_spread_over_the_corpus_whatever_the_batc
                                           (flat.float().abs() > 0.5 * float(stats.layer(layer)["active_scale"])).sum(0))
 
 
+def test_the_layer_scale_pass_reads_only_real_positions(toy_model_dir):
+    """Padded sample windows: the scale pass (batches of 5 of the 20 spread windows) takes the
+    neuron RMS over their real positions only."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    ids = torch.randint(0, loaded.model.config.vocab_size, (40, 128), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1::3, 50:] = 0
+    windows = TokenWindows(ids, mask, int(mask.sum()))
+    acts = _neurons(loaded, windows)
+    sample = spread_windows(40, 128)
+    real = mask[sample].bool()
+    config = CaptureConfig(activation="magnitude", batch_size=5, positional=False, token_counts=False,
+                           trigrams=False, sweep=())
+    stats = capture_statistics(loaded.model, loaded.adapter, windows, config, progress=False)
+    for layer, a in acts.items():
+        expected = float(a[sample][real].double().pow(2).mean(0).sqrt().median())
+        np.testing.assert_allclose(float(stats.layer(layer)["active_scale"]), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("path", ["C loop", "float64 blocks"])
 def test_column_square_sums_are_exact_on_both_paths(monkeypatch, path):
     """Σ a² per column in double, on rows that span several blocks (float32 squares are exact in double)."""

@@ -24,6 +24,7 @@ from neuronbench.activation import ActivationRule, square_sums
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.batching import batches
 from neuronbench.capture import native
+from neuronbench.capture.batch import BatchContext
 from neuronbench.data import TokenWindows
 from neuronbench.errors import CaptureError
 from neuronbench.names import NEURONS, act_name, parse_act_name
@@ -66,18 +67,18 @@ def sample_scales(model: torch.nn.Module, adapter: ArchitectureAdapter, windows:
                            "drop padding-only windows from the corpus")
     device = next(model.parameters()).device
     totals: dict[int, torch.Tensor] = {}
-    real = torch.zeros(0, dtype=torch.bool)
+    batch: BatchContext | None = None
 
     def receive(name: str, tensor: torch.Tensor) -> None:
         layer, _ = parse_act_name(name)
-        squares = column_square_sums(tensor[real].float())
+        squares = column_square_sums(batch.flat(tensor).float().contiguous())
         totals[layer] = squares if layer not in totals else totals[layer] + squares.to(totals[layer].device)
 
     handles = [handle for layer in layers for handle in adapter.register_capture(layer, (NEURONS,), receive)]
     try:
         with torch.inference_mode():
             for input_ids, attention_mask in batches(picked, batch_size):
-                real = attention_mask.bool().to(device)
+                batch = BatchContext.of(attention_mask.bool(), device)  # real rows gathered without a host read
                 model.base_model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                  use_cache=False)
     finally:
