@@ -217,10 +217,12 @@ def test_the_sensitivity_probe_runs_an_original_and_perturbed_pass(toy_model_dir
     windows = TokenWindows(ids, torch.ones_like(ids), ids.numel())
     options = dict(n_samples=8, horizon=3, top_k=2)
     expected = input_change_sensitivity(loaded.model, loaded.adapter, windows, batch_size=2, **options)
-    rows, handle = scarce_forward(loaded.model, capacity=2 * 2)
+    rows, handle = scarce_forward(loaded.model.base_model, capacity=2 * 2)
+    head = loaded.model.get_output_embeddings().register_forward_hook(lambda *_: rows.append(-1))
     got = input_change_sensitivity(loaded.model, loaded.adapter, windows, batch_size=8, **options)
     handle.remove()
-    assert rows == [16, 8, 4] + [4] * 4
+    head.remove()
+    assert rows == [16, 8, 4] + [4] * 4  # the backbone only: the LM head never ran
     for layer, detection in expected.items():
         np.testing.assert_array_equal(got[layer].scores, detection.scores)
         np.testing.assert_array_equal(got[layer].indices, detection.indices)

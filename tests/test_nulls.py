@@ -186,6 +186,11 @@ class NoisyLookup(torch.nn.Module):
         self.neurons = torch.nn.Identity()
         self.config = type("Config", (), {"vocab_size": vocab})()
 
+    @property
+    def base_model(self) -> NoisyLookup:
+        """It has no head: its backbone is itself."""
+        return self
+
     def forward(self, input_ids, attention_mask, use_cache):
         noise = torch.randn(*input_ids.shape, self.table.shape[1], generator=self.generator, dtype=torch.float64)
         return self.neurons(1 + 0.1 * noise + self.table[input_ids])

@@ -115,7 +115,8 @@ def _capture_sums(model: torch.nn.Module, adapter: ArchitectureAdapter, layers: 
                   originals: torch.Tensor, perturbed: torch.Tensor, position: torch.Tensor, horizon: int,
                   sums: dict[int, list[list[torch.Tensor]]]) -> None:
     """One batch: append each sample's ``Σ|a' − a|`` and ``Σ|a|`` over its horizon (``[batch, W]``) to
-    ``sums``."""
+    ``sums``, from one forward pass of the model's backbone (``model.base_model``: no logits are
+    read) over the originals and the perturbed windows."""
     seen: dict[int, torch.Tensor] = {}
     batch = originals.shape[0]
 
@@ -125,7 +126,7 @@ def _capture_sums(model: torch.nn.Module, adapter: ArchitectureAdapter, layers: 
     handles = [h for layer in layers for h in adapter.register_capture(layer, (NEURONS,), sink)]
     try:
         ids = torch.cat([originals, perturbed])
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
