@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import weakref
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,8 +280,19 @@ def _window_nll(model: nn.Module, windows: ScoringWindows, rows: list[int],
     return torch.where(scored, nll, 0.0).double().sum(dim=1).cpu()
 
 
+FittedSizes = MutableMapping[nn.Module, dict]
+"""The batch sizes that the probe of :func:`score_windows` found, ``{model: {requested: fitted}}``:
+an evaluation keeps them, so that its repeated scorings (ablation conditions and controls, whose
+hooks add no memory of note) probe once per model."""
+
+
+def fitted_sizes() -> FittedSizes:
+    """An empty :data:`FittedSizes` that does not keep its models alive."""
+    return weakref.WeakKeyDictionary()
+
+
 def score_windows(model: nn.Module, windows: ScoringWindows, batch_size: int | None = None,
-                  progress: bool = False) -> torch.Tensor:
+                  progress: bool = False, fitted: FittedSizes | None = None) -> torch.Tensor:
     """Summed NLL (nats, float64) of each window's scored tokens, ``[n_windows]``.
 
     Windows are run in batches of ``batch_size`` (``None``:
@@ -288,12 +300,17 @@ def score_windows(model: nn.Module, windows: ScoringWindows, batch_size: int | N
     the right to the batch's longest window) under ``torch.inference_mode`` with
     ``use_cache=False``. On a GPU the batch size is first probed by scoring the longest windows
     (forward, float32 logits and loss; the result discarded) and halved on out-of-memory
-    (:func:`neuronbench.batching.fit_batch_size`).
+    (:func:`neuronbench.batching.fit_batch_size`), once per model and requested size when
+    ``fitted`` keeps what was found.
     """
     device = next(model.parameters()).device
     order = _batch_order(windows)
-    batch_size = min(windows_per_batch(batch_size, windows.inputs.shape[1]), len(order))
-    batch_size = fit_batch_size(lambda size: _window_nll(model, windows, order[:size], device), batch_size, device)
+    requested = min(windows_per_batch(batch_size, windows.inputs.shape[1]), len(order))
+    sizes = {} if fitted is None else fitted.setdefault(model, {})
+    if requested not in sizes:
+        sizes[requested] = fit_batch_size(lambda size: _window_nll(model, windows, order[:size], device),
+                                          requested, device)
+    batch_size = sizes[requested]
     totals = torch.zeros(windows.n_windows, dtype=torch.float64)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.inference_mode():
@@ -342,10 +359,11 @@ class TokenEvaluation:
     stride: int
     n_stream_tokens: int
     source: dict = field(default_factory=dict)
+    fitted: FittedSizes = field(default_factory=fitted_sizes, init=False, repr=False, compare=False)
 
     def evaluate(self, model: nn.Module, batch_size: int | None = None,
                  progress: bool = False) -> TokenPerplexity:
-        nll = score_windows(model, self.windows, batch_size, progress)
+        nll = score_windows(model, self.windows, batch_size, progress, self.fitted)
         return TokenPerplexity(float(nll.sum()), self.windows.n_scored, self.window, self.stride,
                                self.windows.n_windows)
 
@@ -461,10 +479,11 @@ class DocumentEvaluation:
     n_bytes: int
     n_documents: int
     source: dict = field(default_factory=dict)
+    fitted: FittedSizes = field(default_factory=fitted_sizes, init=False, repr=False, compare=False)
 
     def evaluate(self, model: nn.Module, batch_size: int | None = None,
                  progress: bool = False) -> DocumentPerplexity:
-        nll = score_windows(model, self.windows, batch_size, progress)
+        nll = score_windows(model, self.windows, batch_size, progress, self.fitted)
         return DocumentPerplexity(float(nll.sum()), self.windows.n_scored, self.n_words,
                                   self.n_bytes, self.n_documents, self.max_length,
                                   self.prefix_token_id, self.windows.n_windows)

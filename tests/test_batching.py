@@ -126,6 +126,12 @@ def test_the_perplexity_probe_scores_with_the_loss(toy_model_dir, fake_gpu, monk
     got = perplexity.score_windows(loaded.model, windows, batch_size=8)
     assert rows[:3] == [8 * width, 4 * width, 2 * width] and max(rows[3:]) <= 2 * width
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    fitted = perplexity.fitted_sizes()
+    for _ in range(2):  # an evaluation's repeated scorings probe once
+        rows.clear()
+        torch.testing.assert_close(perplexity.score_windows(loaded.model, windows, 8, fitted=fitted), expected,
+                                   rtol=0, atol=0)
+    assert max(rows) <= 2 * width and fitted[loaded.model] == {8: 2}
 
 
 def test_the_default_batch_fills_the_token_budget_and_an_explicit_size_is_kept():
