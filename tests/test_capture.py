@@ -86,9 +86,23 @@ def naive_rule(rule: str, acts: torch.Tensor, mask: torch.Tensor, sample: list[i
     return lambda a, tau: a.abs() > tau * scale
 
 
+@pytest.fixture(params=["C loop", "GPU code path"])
+def code_path(request, monkeypatch) -> str:
+    """The capture's CPU path (the C loops), or on the CPU the code a GPU runs: no C library, so
+    the tensor-op reductions, token-row adds and copies, and no block sizes, so whole segments and
+    all consecutive full windows in one block (:data:`~neuronbench.capture.blocks.BLOCK_BYTES`)."""
+    from neuronbench.capture import blocks, native
+
+    if request.param == "GPU code path":
+        monkeypatch.setattr(native, "library", lambda: None)
+        monkeypatch.delitem(blocks.BLOCK_BYTES, "cpu")
+        monkeypatch.delitem(blocks.GROUP_BYTES, "cpu")
+    return request.param
+
+
 @pytest.mark.parametrize("family, rule", [("gpt2", "magnitude"), ("gpt2", "positive"), ("mamba", "magnitude"),
                                           ("opt", "positive")])
-def test_streaming_statistics_equal_full_tensor_statistics(toy_model_dir, family, rule):
+def test_streaming_statistics_equal_full_tensor_statistics(toy_model_dir, family, rule, code_path):
     loaded = load_model(str(toy_model_dir(family)), device="cpu", dtype="float32")
     windows = padded_windows(loaded.model.config.vocab_size, n_full=7, tail=5)
     excluded = {int(windows.input_ids[0, 0])}
