@@ -58,10 +58,11 @@ class TopActivations:
         self.positions = torch.full((0, width), -1, dtype=torch.long, device=device)
 
     def update(self, view: LayerBatch) -> None:
-        flat, real = view.flat, view.batch.real
+        flat, real, rows = view.flat, view.batch.real, view.batch.rows
         window = real.shape[1]
-        rows = real.flatten().nonzero().flatten()  # row-major index (b·T + t) of each real position
-        positions = self.windows_seen * window + rows
+        if rows is None:  # every position real
+            rows = torch.arange(real.numel(), device=flat.device)
+        positions = self.windows_seen * window + rows  # row-major index (b·T + t) of each real position
         self.windows_seen += real.shape[0]
         if flat.shape[0] == 0:
             return
