@@ -32,7 +32,8 @@ Run the table (one process, CPU, random weights of the real shapes; the built-in
 * **Own share.** For neuronbench's passes, the median over pairs of the CPU time spent inside the
   collector (hooks' statistics, batch setup, result; :class:`OwnTime`) over the pair's plain
   forward: the capture's own cost (on a GPU the host's wall time there, unsynchronised:
-  :func:`own_clock`). ``ratio − 1 − own share`` is what the forward pass itself took
+  :func:`own_clock`, but for the wait for the forward's kernels before ``end_batch``'s read:
+  :func:`settled`). ``ratio − 1 − own share`` is what the forward pass itself took
   longer (or shorter) beside it, plus a relative rule's layer-scale pass on the built-in models
   (a backbone forward over 2048 of their 50k tokens, :mod:`neuronbench.capture.scale`). On a CPU that part used to be glibc's: a GPT-2-small forward of
   4096 tokens makes about 108 temporaries of 48 MiB, above glibc's largest dynamic mmap threshold
@@ -233,6 +234,14 @@ def own_clock(device: torch.device) -> Callable[[], float]:
     return time.perf_counter if device.type == "cuda" else clock(device)
 
 
+def settled(device: torch.device) -> Callable[[], None]:
+    """What :class:`OwnTime` runs before it times ``end_batch``: on a GPU, wait for the queued forward
+    pass (``end_batch`` reads the batch's checksums, and that read would wait for the forward's
+    kernels, which are not the collector's time; the capture waits there anyway, so the total is
+    unchanged), else nothing."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 class OwnTime:
     """Time spent inside neuronbench's collector (its hooks' statistics, the batch setup, the
     result), by the same clock as the pairs, while :meth:`measuring`: the capture's own cost,
@@ -240,8 +249,8 @@ class OwnTime:
 
     METHODS = ("start_batch", "receive", "end_batch", "result")
 
-    def __init__(self, now: Callable[[], float]) -> None:
-        self.now, self.seconds = now, 0.0
+    def __init__(self, now: Callable[[], float], settle: Callable[[], None] = lambda: None) -> None:
+        self.now, self.settle, self.seconds = now, settle, 0.0
 
     @contextmanager
     def measuring(self) -> Iterator[None]:
@@ -249,6 +258,8 @@ class OwnTime:
 
         def timed(method):
             def run(*args, **kwargs):
+                if method is originals["end_batch"]:
+                    self.settle()
                 start = self.now()
                 try:
                     return method(*args, **kwargs)
@@ -278,11 +289,11 @@ class Pairs(NamedTuple):
 
 
 def paired_ratios(baseline: Callable[[], None], candidate: Callable[[], None], pairs: int,
-                  now: Callable[[], float], own_now: Callable[[], float]) -> Pairs:
+                  now: Callable[[], float], own: OwnTime) -> Pairs:
     """``pairs`` alternating pairs (baseline, then candidate) after one warm-up of each."""
     baseline()
     start = now(); candidate(); warm_up = now() - start  # noqa: E702
-    ratios, shares, seconds, own = [], [], [], OwnTime(own_now)
+    ratios, shares, seconds = [], [], []
     for _ in range(pairs):
         own.seconds = 0.0
         start = now(); baseline(); middle = now()  # noqa: E702
@@ -361,7 +372,7 @@ def table(args: argparse.Namespace) -> list[str]:
             loaded = build_shape(name, Path(root), args.device, args.dtype)
             windows = synthetic_windows(loaded.model.config.vocab_size, args.windows or shape.n_windows, shape.window)
             batch_size = min(args.batch_size or shape.batch_size or windows.input_ids.shape[0], windows.input_ids.shape[0])
-            now, own_now = clock(loaded.device), own_clock(loaded.device)
+            now, own = clock(loaded.device), OwnTime(own_clock(loaded.device), settled(loaded.device))
             base = plain(loaded, windows, batch_size, backbone=args.baseline == "backbone")
             tokens = f"{windows.n_tokens} ({-(-windows.input_ids.shape[0] // batch_size)} batches)"
             for method in chosen:
@@ -371,7 +382,7 @@ def table(args: argparse.Namespace) -> list[str]:
                                 "(`pip install -e .[peers]`) | | | | |")
                     print(f"skipping {method}: {package} is not installed", file=sys.stderr)
                     continue
-                timed = paired_ratios(base, factory(loaded, windows, batch_size), args.pairs, now, own_now)
+                timed = paired_ratios(base, factory(loaded, windows, batch_size), args.pairs, now, own)
                 start = now(); base(); seconds = now() - start  # noqa: E702
                 share = f"{statistics.median(timed.shares):.3f}" if package is None else "—"
                 rate = windows.n_tokens / seconds, windows.n_tokens / statistics.median(timed.seconds)
