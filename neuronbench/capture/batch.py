@@ -106,10 +106,10 @@ class BatchContext:
     ``real [B, T]`` and ``rows`` (the flat indices of the real positions among all ``B·T``;
     ``None`` when every position is real), ``segment_sizes`` (float64 ``[n, 1]``, the rows of each
     of :attr:`segments`) and ``full_segments`` (int64, the indices of the full ones) on the
-    capture's device; ``lengths`` (real positions per window) on the host. For the token table the kept positions split by count tier
-    (``parts``); for trigrams the flat mask ``trigram`` (trigram positions), the flat indices
-    ``outside`` (real positions that are not trigram positions) and the id of each trigram
-    position's trigram. All of it is computed on the host, from the batch before it is moved to
+    capture's device; ``lengths`` (real positions per window) on the host. For the token table
+    the kept positions split by count tier (``parts``); for trigrams the flat mask ``trigram``
+    (trigram positions), the flat indices ``outside`` (real positions that are not trigram
+    positions) and the id of each trigram position's trigram. All of it is computed on the host, from the batch before it is moved to
     the device, so preparing a batch reads nothing back from a GPU.
     """
 
@@ -131,9 +131,9 @@ class BatchContext:
         device = real.device if device is None else device
         rows = None if bool(host.all()) else host.flatten().nonzero().flatten().to(device)
         context = cls(real=real.to(device), lengths=host.sum(dim=1).tolist(), rows=rows)
-        sizes = [(size, whole) for _, size, whole in context.segments]
-        context.segment_sizes = torch.tensor([size for size, _ in sizes], dtype=torch.float64).view(-1, 1).to(device)
-        context.full_segments = torch.tensor([i for i, (_, whole) in enumerate(sizes) if whole],
+        segments = context.segments
+        context.segment_sizes = torch.tensor([size for _, size, _ in segments], dtype=torch.float64).view(-1, 1).to(device)
+        context.full_segments = torch.tensor([i for i, (_, _, whole) in enumerate(segments) if whole],
                                              dtype=torch.int64).to(device)
         return context
 
