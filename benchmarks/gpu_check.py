@@ -78,7 +78,8 @@ def check_oom(root: Path) -> str:
     asked = 8192
     ids = torch.randint(0, 50257, (asked, 1024))
     config = CaptureConfig(batch_size=asked, token_counts=False, trigrams=False)
-    chosen = capture_batch_size(loaded.model, loaded.adapter, TokenWindows(ids, torch.ones_like(ids), ids.numel()), config)
+    every = TokenWindows(ids, torch.ones_like(ids), ids.numel())
+    chosen = capture_batch_size(loaded.model, loaded.adapter, every, config)
     assert chosen < asked, "the probe did not back off: the batch fitted"
     small = TokenWindows(ids[: chosen + 1], torch.ones_like(ids[: chosen + 1]), (chosen + 1) * 1024)
     capture_statistics(loaded.model, loaded.adapter, small, config, progress=False)

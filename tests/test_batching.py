@@ -198,7 +198,8 @@ def test_the_knockout_probe_scores_under_the_condition(toy_model_dir, fake_gpu, 
     runner = knockout_scoring.KnockoutRunner(loaded.model, loaded.adapter, sequences, seeds=2, batch_size=8)
     got = runner.run(condition).to_record()
     assert batch_rows[:3] == [8, 4, 2] and max(batch_rows[3:]) == 2
-    assert len(batch_rows) == 3 + 4 * (8 // 2)  # the probe's three tries, then 4 batches each of condition, 2 controls, baseline
+    # the probe's three tries, then 4 batches each for the condition, its 2 controls and the baseline
+    assert len(batch_rows) == 3 + 4 * (8 // 2)
     assert got == expected
 
 

@@ -187,7 +187,8 @@ def test_a_nan_weight_is_located_by_one_more_forward_pass(broken_models):
     forwards: list[int] = []
     handle = loaded.model.base_model.register_forward_pre_hook(lambda *_: forwards.append(1))
     with pytest.raises(NonFiniteActivationError,
-                       match=r"layer 1, tensor 'blocks.1.neurons' \(neurons\), batch 0: 12 of 1536 values are NaN or inf, the first at index \(0, 0, 3\)"):
+                       match=r"layer 1, tensor 'blocks.1.neurons' \(neurons\), batch 0: 12 of 1536 values are NaN "
+                             r"or inf, the first at index \(0, 0, 3\)"):
         capture_statistics(loaded.model, loaded.adapter, TokenWindows(ids, torch.ones_like(ids), ids.numel()),
                            CaptureConfig(batch_size=2, activation="positive"), progress=False)
     handle.remove()
@@ -196,12 +197,12 @@ def test_a_nan_weight_is_located_by_one_more_forward_pass(broken_models):
 
 def test_a_replay_that_hands_nothing_over_is_an_error():
     """A non-finite checksum is never let through because the tensors were not handed over again."""
-    collector = StatisticsCollector(NeuronLayout(num_layers=1, width=4), CaptureConfig(token_counts=False, trigrams=False),
-                                    3, 10, torch.device("cpu"))
+    config = CaptureConfig(token_counts=False, trigrams=False)
+    collector = StatisticsCollector(NeuronLayout(num_layers=1, width=4), config, 3, 10, torch.device("cpu"))
     ids = torch.zeros(2, 3, dtype=torch.long)
     collector.start_batch(ids, torch.ones_like(ids))
     collector.receive("blocks.0.neurons", torch.full((2, 3, 4), float("nan")))
-    with pytest.raises(CaptureError, match=r"\['blocks.0.neurons'\] had a non-finite checksum in batch 0, but the replay"):
+    with pytest.raises(CaptureError, match=r"\['blocks.0.neurons'\] had a non-finite checksum in batch 0, but"):
         collector.end_batch(replay=lambda: None)
 
 

@@ -109,8 +109,9 @@ class BatchContext:
     capture's device; ``lengths`` (real positions per window) on the host. For the token table
     the kept positions split by count tier (``parts``); for trigrams the flat mask ``trigram``
     (trigram positions), the flat indices ``outside`` (real positions that are not trigram
-    positions) and the id of each trigram position's trigram. All of it is computed on the host, from the batch before it is moved to
-    the device, so preparing a batch reads nothing back from a GPU.
+    positions) and the id of each trigram position's trigram. All of it is computed on the host,
+    from the batch before it is moved to the device, so preparing a batch reads nothing back from
+    a GPU.
     """
 
     real: torch.Tensor
@@ -132,7 +133,8 @@ class BatchContext:
         rows = None if bool(host.all()) else host.flatten().nonzero().flatten().to(device)
         context = cls(real=real.to(device), lengths=host.sum(dim=1).tolist(), rows=rows)
         segments = context.segments
-        context.segment_sizes = torch.tensor([size for _, size, _ in segments], dtype=torch.float64).view(-1, 1).to(device)
+        sizes = torch.tensor([size for _, size, _ in segments], dtype=torch.float64)
+        context.segment_sizes = sizes.view(-1, 1).to(device)
         context.full_segments = torch.tensor([i for i, (_, _, whole) in enumerate(segments) if whole],
                                              dtype=torch.int64).to(device)
         return context
