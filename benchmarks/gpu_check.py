@@ -1,4 +1,5 @@
 """GPU checks run by ``benchmarks/gpu_check.sh`` (each prints one summary line, exits non-zero on failure).
+``tests/test_gpu_check.py`` rehearses each on the CPU (:data:`DEVICE`), with the GPU's code path.
 
 * ``capture``: the statistics of a capture on CUDA equal those on the CPU (toy GPT-2 and Mamba,
   float32 with TF32 off; counts exact, floats within 1e-4 relative: GPU kernels sum in another
@@ -34,6 +35,13 @@ from neuronbench.models import load_model
 from neuronbench.toy import build_toy_model
 
 
+DEVICE = "cuda"
+"""The device checked (``tests/test_gpu_check.py`` rehearses the checks on the CPU)."""
+OOM_SHAPE = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
+"""GPT-2 small: the model whose capture of :data:`OOM_WINDOWS` windows of 1024 tokens does not fit."""
+OOM_WINDOWS = 8192
+
+
 def windows(vocab: int, n: int, length: int) -> TokenWindows:
     ids = torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
@@ -48,11 +56,11 @@ def check_capture(root: Path) -> str:
     for family in ("gpt2", "mamba"):
         directory = str(build_toy_model(family, root / family))
         data = windows(300, 9, 64)
-        stats = {device: capture_statistics((m := load_model(directory, device=device, dtype="float32")).model,
-                                            m.adapter, data, CaptureConfig(batch_size=4), progress=False)
-                 for device in ("cpu", "cuda")}
-        for layer in stats["cpu"].layers:
-            cpu, gpu = stats["cpu"].layer(layer), stats["cuda"].layer(layer)
+        stats = [capture_statistics((m := load_model(directory, device=device, dtype="float32")).model,
+                                    m.adapter, data, CaptureConfig(batch_size=4), progress=False)
+                 for device in ("cpu", DEVICE)]
+        for layer in stats[0].layers:
+            cpu, gpu = stats[0].layer(layer), stats[1].layer(layer)
             assert cpu.keys() == gpu.keys(), (family, layer)
             for name in cpu:
                 if np.issubdtype(cpu[name].dtype, np.integer):
@@ -60,8 +68,8 @@ def check_capture(root: Path) -> str:
                 else:
                     np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-4, atol=1e-5, err_msg=f"{family} {layer} {name}")
         if family == "gpt2":
-            loaded = load_model(directory, device="cuda", dtype="float32")
-            ids = data.input_ids[:2].cuda()
+            loaded = load_model(directory, device=DEVICE, dtype="float32")
+            ids = data.input_ids[:2].to(DEVICE)
             with torch.no_grad():
                 fast = loaded.model(input_ids=ids).logits
                 with eager_attention(loaded.model):
@@ -73,10 +81,9 @@ def check_capture(root: Path) -> str:
 
 
 def check_oom(root: Path) -> str:
-    shape = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
-    loaded = load_model(str(build_toy_model("gpt2", root / "big", **shape)), device="cuda", dtype="bfloat16")
-    asked = 8192
-    ids = torch.randint(0, 50257, (asked, 1024))
+    loaded = load_model(str(build_toy_model("gpt2", root / "big", **OOM_SHAPE)), device=DEVICE, dtype="bfloat16")
+    asked = OOM_WINDOWS
+    ids = torch.randint(0, OOM_SHAPE["vocab_size"], (asked, 1024))
     config = CaptureConfig(batch_size=asked, token_counts=False, trigrams=False)
     every = TokenWindows(ids, torch.ones_like(ids), ids.numel())
     chosen = capture_batch_size(loaded.model, loaded.adapter, every, config)
@@ -89,7 +96,7 @@ def check_oom(root: Path) -> str:
 def check_syncs(root: Path) -> str:
     notes = []
     for family in ("gpt2", "mamba"):
-        loaded = load_model(str(build_toy_model(family, root / f"syncs-{family}")), device="cuda", dtype="float32")
+        loaded = load_model(str(build_toy_model(family, root / f"syncs-{family}")), device=DEVICE, dtype="float32")
         data = windows(300, 12, 64)
         counted = {"hooks": 0, "all": 0}
         receive = StatisticsCollector.receive
