@@ -57,7 +57,7 @@ class FiniteCheck:
         """The tensors of this batch whose checksum is not finite (one host read for all of them)."""
         if not self._sums:
             return []
-        finite = torch.isfinite(torch.stack([value.to(self._sums[0].device) for value in self._sums])).tolist()
+        finite = torch.isfinite(torch.stack(self._sums)).tolist()
         return [name for name, ok in zip(self._names, finite) if not ok]
 
     def scan(self, name: str, tensor: torch.Tensor, real: torch.Tensor) -> None:
