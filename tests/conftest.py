@@ -50,3 +50,17 @@ torch.set_num_threads(1)  # tiny models gain nothing from threads; avoids oversu
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def gpu_code_path(monkeypatch) -> None:
+    """On the CPU, the capture code that a GPU runs: no C library (the tensor-op reductions,
+    token-row adds and copies, top-k's dense merge), no block sizes (whole segments and all
+    consecutive full windows in one block: :data:`~neuronbench.capture.blocks.BLOCK_BYTES`), and
+    top-k's dense merge on a full state too (:data:`~neuronbench.capture.topk.SPARSE_MERGE_DEVICES`)."""
+    from neuronbench.capture import blocks, native, topk
+
+    monkeypatch.setattr(native, "library", lambda: None)
+    monkeypatch.delitem(blocks.BLOCK_BYTES, "cpu")
+    monkeypatch.delitem(blocks.GROUP_BYTES, "cpu")
+    monkeypatch.setattr(topk, "SPARSE_MERGE_DEVICES", frozenset())

@@ -87,16 +87,11 @@ def naive_rule(rule: str, acts: torch.Tensor, mask: torch.Tensor, sample: list[i
 
 
 @pytest.fixture(params=["C loop", "GPU code path"])
-def code_path(request, monkeypatch) -> str:
-    """The capture's CPU path (the C loops), or on the CPU the code a GPU runs: no C library, so
-    the tensor-op reductions, token-row adds and copies, and no block sizes, so whole segments and
-    all consecutive full windows in one block (:data:`~neuronbench.capture.blocks.BLOCK_BYTES`)."""
-    from neuronbench.capture import blocks, native
-
+def code_path(request) -> str:
+    """The capture's CPU path (the C loops), or on the CPU the code a GPU runs (the
+    ``gpu_code_path`` fixture)."""
     if request.param == "GPU code path":
-        monkeypatch.setattr(native, "library", lambda: None)
-        monkeypatch.delitem(blocks.BLOCK_BYTES, "cpu")
-        monkeypatch.delitem(blocks.GROUP_BYTES, "cpu")
+        request.getfixturevalue("gpu_code_path")
     return request.param
 
 
@@ -149,6 +144,50 @@ def test_streaming_statistics_equal_full_tensor_statistics(toy_model_dir, family
     occurrences = np.bincount(real_tokens.numpy(), minlength=loaded.model.config.vocab_size)
     occurrences[list(excluded)] = 0
     np.testing.assert_array_equal(stats.token_occurrences, occurrences)
+
+
+def recorded_batches(loaded, windows: TokenWindows, batch: int) -> list[dict[str, torch.Tensor]]:
+    """Each batch's hooked tensors ``{act name: tensor}``, as the capture's hooks receive them."""
+    parts: list[dict[str, torch.Tensor]] = []
+    kinds = (NEURONS, SSM_DELTA) if loaded.adapter.has_ssm else (NEURONS,)
+    handles = [h for layer in range(loaded.adapter.num_layers) for h in loaded.adapter.register_capture(
+        layer, kinds, lambda name, t: parts[-1].__setitem__(name, t.clone()))]
+    with torch.inference_mode():
+        for start in range(0, windows.input_ids.shape[0], batch):
+            parts.append({})
+            loaded.model(input_ids=windows.input_ids[start:start + batch],
+                         attention_mask=windows.attention_mask[start:start + batch], use_cache=False)
+    for handle in handles:
+        handle.remove()
+    return parts
+
+
+@pytest.mark.parametrize("family, rule", [("gpt2", "positive"), ("gpt2", "magnitude"), ("mamba", "magnitude")])
+def test_the_hooks_read_no_value_back_on_the_gpu_code_path(toy_model_dir, family, rule, gpu_code_path):
+    """On the meta device every read of a value raises (``Tensor.item() cannot be called on meta
+    tensors``), so a capture whose hooks run there would wait for a GPU nowhere: every default
+    statistic and top-k, over full windows and a padded last one, with a relative rule's scales
+    given. ``benchmarks/gpu_check.py``'s ``syncs`` counts the same on CUDA. The one exception
+    documented, a relative rule's scale measured in the first batch, is caught here too."""
+    loaded = load_model(str(toy_model_dir(family)), device="cpu", dtype="float32")
+    windows = padded_windows(loaded.model.config.vocab_size, n_full=7, tail=5)
+    scales = {layer: 1.0 for layer in range(loaded.adapter.num_layers)} if rule == "magnitude" else None
+    config = CaptureConfig(activation=rule, scales=scales, sweep=SWEEP, top_activations=5, batch_size=3)
+
+    def hooks_on_meta(collector: StatisticsCollector) -> None:
+        for start, batch in zip(range(0, 8, 3), recorded_batches(loaded, windows, 3)):
+            collector.start_batch(windows.input_ids[start:start + 3], windows.attention_mask[start:start + 3])
+            for name, tensor in batch.items():
+                collector.receive(name, tensor.to("meta"))
+
+    meta = torch.device("meta")
+    hooks_on_meta(StatisticsCollector(loaded.adapter, config, WINDOW, loaded.model.config.vocab_size, meta))
+    if rule == "magnitude":
+        measuring = StatisticsCollector(loaded.adapter, CaptureConfig(activation=rule, batch_size=3), WINDOW,
+                                        loaded.model.config.vocab_size, meta)
+        measuring.set_scale_windows(torch.arange(3))
+        with pytest.raises(RuntimeError, match="meta tensors"):
+            hooks_on_meta(measuring)
 
 
 def test_padding_never_counts(toy_model_dir):

@@ -16,21 +16,18 @@ import pytest
 import torch
 
 from neuronbench import batching
-from neuronbench.capture import StatisticsCollector, blocks, native
+from neuronbench.capture import StatisticsCollector
 from neuronbench.capture.batch import Workspace
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
 @pytest.fixture
-def gpu_check(monkeypatch) -> ModuleType:
+def gpu_check(monkeypatch, gpu_code_path) -> ModuleType:
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "DEVICE", "cpu")
-    monkeypatch.setattr(native, "library", lambda: None)
-    monkeypatch.delitem(blocks.BLOCK_BYTES, "cpu")
-    monkeypatch.delitem(blocks.GROUP_BYTES, "cpu")
     return module
 
 

@@ -9,21 +9,25 @@ import pytest
 import torch
 
 from neuronbench.capture import CaptureConfig, NeuronLayout, StatisticsCollector, capture_statistics, native
+from neuronbench.capture import topk
 from neuronbench.capture.topk import topk_state_bytes
 from neuronbench.data import TokenWindows
-from neuronbench.errors import ConfigError
+from neuronbench.errors import CaptureError, ConfigError
 from neuronbench.models import load_model
 from neuronbench.names import NEURONS, act_name
 
 WINDOW, BATCH = 16, 3
 
 
-@pytest.fixture(autouse=True, params=["C pass", "tensors"])
+@pytest.fixture(autouse=True, params=["C pass", "CPU without C", "GPU code path"])
 def merge_path(request, monkeypatch):
-    """Every test runs on both merges: the C pass (``native.merge_top_rows``) and the tensor code
-    that a GPU, or a CPU without a compiler, runs."""
-    if request.param == "tensors":
+    """Every test runs on every merge: the C pass (``native.merge_top_rows``); on a CPU without a
+    compiler, the dense merge until k values are held and then the sparse one; the dense merge
+    alone, which a GPU runs (the ``gpu_code_path`` fixture)."""
+    if request.param == "CPU without C":
         monkeypatch.setattr(native, "library", lambda: None)
+    elif request.param == "GPU code path":
+        request.getfixturevalue("gpu_code_path")
     elif native.library() is None:
         pytest.skip(f"the C library is not available here: {native.UNAVAILABLE}")
     return request.param
@@ -127,3 +131,37 @@ def test_topk_state_is_k_by_width_and_k_is_checked():
     with pytest.raises(ConfigError, match="top-contexts"):
         StatisticsCollector(layout, CaptureConfig(top_activations=-1), window=4, vocab_size=5,
                             device=torch.device("cpu"))
+
+
+def test_sort_keys_order_values_then_positions_and_unpack_exactly():
+    """The dense merge's int64 keys: descending keys are (value descending, position ascending),
+    ``-0.0`` equal to ``0.0``, over signs, subnormals, the float32 extremes and positions up to
+    ``2³² − 1``; unpacking gives the values and positions back."""
+    values = torch.tensor([1.5, -0.0, 0.0, -2.0, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.5, -2.0, 0.0, 7.0])
+    positions = torch.tensor([9, 3, 2, 0, 5, 6, 1, 8, 4, 2**32 - 1, 2**32 - 2, 2**32 - 1])
+    keys = topk._sort_keys(values[:, None], positions[:, None])
+    order = torch.argsort(keys[:, 0], descending=True).tolist()
+    expected = sorted(range(len(values)), key=lambda i: (-float(values[i]), int(positions[i])))
+    assert order == expected
+    unpacked, where = topk._unpack_keys(keys)
+    np.testing.assert_array_equal(unpacked[:, 0].numpy(), (values + 0.0).numpy())
+    np.testing.assert_array_equal(where[:, 0].numpy(), positions.numpy())
+
+
+def test_the_dense_merge_names_the_position_limit(monkeypatch, gpu_code_path):
+    """Positions past the sort keys' limit are an error, not a wrapped key (the limit lowered to
+    40: the third batch of 2 × 8 positions reaches 48)."""
+    monkeypatch.setattr(topk, "POSITION_LIMIT", 40)
+    layout = NeuronLayout(num_layers=1, width=2)
+    collector = StatisticsCollector(layout, CaptureConfig(positional=False, token_counts=False, trigrams=False,
+                                                          top_activations=2), window=8, vocab_size=10,
+                                    device=torch.device("cpu"))
+    ids, mask = torch.zeros(6, 8, dtype=torch.long), torch.ones(6, 8, dtype=torch.long)
+
+    def feed(start: int) -> None:
+        collector.feed(ids[start:start + 2], mask[start:start + 2], {act_name(0, NEURONS): torch.zeros(2, 8, 2)})
+
+    feed(0)
+    feed(2)
+    with pytest.raises(CaptureError, match="reach 48, but the dense merge's sort keys hold positions below 2"):
+        feed(4)

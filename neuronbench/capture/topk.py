@@ -12,21 +12,26 @@ array                       shape                definition
                                                  k real tokens were seen
 ==========================  ===================  ==============================================
 
-Exact running top-k: each batch's own top-k per neuron is merged with the running top-k by a
-stable sort of the ``2k`` candidates, so the state is ``k × W`` values and positions per layer
-(12 bytes each), flat in the number of tokens. Once k values are held, only a batch's values above
-their neuron's current k-th can enter: they are found with one comparison and merged with the
-held ones by a sort of the few candidates (:meth:`TopActivations._merge_above`), not by a
-``torch.topk`` over the whole ``[tokens, W]`` batch.
-**Ties** are broken by position: the result is the first k of all real positions ordered by
-``(value descending, position ascending)``, a brute-force sort of the full ``[tokens, W]`` tensor,
-whatever the batching. ``torch.topk`` picks among equal values arbitrarily, so a batch's own top-k
-is taken with one value more: where the (k+1)-th equals the k-th, the column's tied rows are
-chosen lowest first (:meth:`TopActivations._batch_top`); candidates are kept in
-``(value, position)`` order and merged with a stable sort, in which the running ones (earlier
-positions) come first. On a CPU with the C library (:mod:`.native`) one C pass does all of this:
-each row's values are compared with their neuron's k-th (16 neurons per vector comparison) and an
-entering value is inserted after the equal values held.
+Exact running top-k: the state is ``k × W`` values and positions per layer (12 bytes each), flat in
+the number of tokens. **Ties** are broken by position: the result is the first k of all real
+positions ordered by ``(value descending, position ascending)``, a brute-force sort of the full
+``[tokens, W]`` tensor, whatever the batching. Three merges give exactly this order:
+
+* **the C pass** (:mod:`.native`), on a CPU with the C library: each row's values are compared
+  with their neuron's k-th (16 neurons per vector comparison) and an entering value is inserted
+  after the equal values held;
+* **the dense merge** (:meth:`TopActivations._merge_dense`), which reads nothing back to the host:
+  each value and its position are packed into one int64 sort key,
+  ``key = ordered(a) · 2³² + (2³² − 1 − position)``, where ``ordered`` maps a float32's bits to an
+  int32 of the same order (``-0.0`` as ``+0.0``). Keys are distinct, so ``torch.topk`` of the
+  batch's keys and then of those with the held ones is the exact order, ties included, with no
+  data-dependent shape. This is the merge on a GPU (a host read would stall the forward's queue)
+  and, on a CPU without the C library, until k values are held. Positions must stay below
+  ``2³²`` (4.29 billion window positions);
+* **the sparse merge** (:meth:`TopActivations._merge_above`), on a CPU without the C library once k
+  values are held: only a batch's values above their neuron's k-th can enter. They are found with
+  one comparison (whose count is read back, free on a CPU) and merged with the held ones by a sort
+  of the few candidates: 8× the dense merge's speed there (``[4096, 3072]`` float32, one thread).
 """
 
 from __future__ import annotations
@@ -36,9 +41,15 @@ import torch
 
 from neuronbench.capture import native
 from neuronbench.capture.batch import LayerBatch
-from neuronbench.errors import ConfigError
+from neuronbench.errors import CaptureError, ConfigError
 
 DEFAULT_K = 20
+SPARSE_MERGE_DEVICES = frozenset({"cpu"})
+"""Device types on which a full state merges by :meth:`TopActivations._merge_above`, which reads
+its candidates' count back to the host; elsewhere :meth:`TopActivations._merge_dense`."""
+POSITION_LIMIT = 2**32
+"""The dense merge's sort keys hold positions (``window · T + t``) below this."""
+_LOW_BITS = 2**32 - 1
 
 
 def topk_state_bytes(k: int, width: int) -> int:
@@ -54,12 +65,13 @@ class TopActivations:
             raise ConfigError(f"top_activations (--top-contexts) must be an integer ≥ 1, got {k!r}")
         self.k = k
         self.windows_seen = 0
+        self.window = 0
         self.values = torch.full((0, width), -torch.inf, dtype=torch.float32, device=device)
         self.positions = torch.full((0, width), -1, dtype=torch.long, device=device)
 
     def update(self, view: LayerBatch) -> None:
         flat, real, rows = view.flat, view.batch.real, view.batch.rows
-        window = real.shape[1]
+        window = self.window = real.shape[1]
         if rows is None:  # every position real
             rows = torch.arange(real.numel(), device=flat.device)
         positions = self.windows_seen * window + rows  # row-major index (b·T + t) of each real position
@@ -68,10 +80,10 @@ class TopActivations:
             return
         if flat.device.type == "cpu" and self._merge_native(flat, positions):
             return
-        if self.values.shape[0] == self.k:
+        if self.values.shape[0] == self.k and flat.device.type in SPARSE_MERGE_DEVICES:
             self._merge_above(flat, positions)
         else:
-            self.values, self.positions = self._merge(flat, positions, self.values, self.positions)
+            self._merge_dense(flat, positions)
 
     def _merge_native(self, flat: torch.Tensor, positions: torch.Tensor) -> bool:
         """The C pass (:func:`neuronbench.capture.native.merge_top_rows`) on a ``[k, W]`` state, its
@@ -105,44 +117,19 @@ class TopActivations:
         take = order[first[:, None] + torch.arange(k, device=flat.device)]  # [W, k]
         self.values, self.positions = values[take].t().contiguous(), kept[take].t().contiguous()
 
-    def _merge(self, flat: torch.Tensor, positions: torch.Tensor, values: torch.Tensor,
-               kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top-k of the running ``(values, kept)`` and the batch's ``flat`` at ``positions``,
-        in ``(value descending, position ascending)`` order."""
-        top, rows = self._batch_top(flat)
-        values = torch.cat([values, top])
-        candidates = torch.cat([kept, positions[rows]])
-        order = torch.sort(values, dim=0, descending=True, stable=True).indices[: self.k]
-        return torch.gather(values, 0, order), torch.gather(candidates, 0, order)
-
-    def _batch_top(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(values, rows)`` of each column's k largest values in ``flat``, equal values lowest
-        row first, in ``(value descending, row ascending)`` order."""
-        n = flat.shape[0]
-        k = min(self.k, n)
-        top, rows = (t.t() for t in torch.topk(flat.t().contiguous(), min(k + 1, n), dim=1))  # 2× dim=0's speed
-        if n > k:
-            ambiguous = (top[k] == top[k - 1]).nonzero().flatten()  # tied rows beyond the k-th
-            top, rows = top[:k].clone(), rows[:k].clone()
-            if ambiguous.numel():
-                self._lowest_tied_rows(flat[:, ambiguous], top, rows, ambiguous)
-        rows, by_row = torch.sort(rows, dim=0)
-        top = torch.gather(top, 0, by_row)
-        order = torch.sort(top, dim=0, descending=True, stable=True).indices
-        return torch.gather(top, 0, order), torch.gather(rows, 0, order)
-
-    @staticmethod
-    def _lowest_tied_rows(columns: torch.Tensor, top: torch.Tensor, rows: torch.Tensor,
-                          ambiguous: torch.Tensor) -> None:
-        """Replace, in the ``ambiguous`` columns of ``(top, rows)``, the picks among the values equal
-        to the k-th by the lowest rows holding it."""
-        k = top.shape[0]
-        kth = top[k - 1, ambiguous]
-        above, tied = columns > kth, columns == kth
-        take = above | (tied & (tied.cumsum(0) <= k - above.sum(0)))
-        chosen = torch.sort(take.to(torch.int8), dim=0, descending=True, stable=True).indices[:k]
-        rows[:, ambiguous] = chosen
-        top[:, ambiguous] = torch.gather(columns, 0, chosen)
+    def _merge_dense(self, flat: torch.Tensor, positions: torch.Tensor) -> None:
+        """Merge a batch by the int64 sort keys of the module docstring: the batch's top-k keys,
+        then the top-k of those and the held ones; no host read, no data-dependent shape."""
+        if self.windows_seen * self.window > POSITION_LIMIT:
+            raise CaptureError(f"top-k positions reach {self.windows_seen * self.window:,}, but the dense merge's "
+                               "sort keys hold positions below 2^32: capture fewer tokens (--max-tokens), or "
+                               "top-k on a CPU with the C library")
+        keys = _sort_keys(flat, positions[:, None])
+        keys = torch.topk(keys, min(self.k, keys.shape[0]), dim=0, sorted=False).values
+        if self.values.shape[0]:
+            keys = torch.cat([_sort_keys(self.values, self.positions), keys])
+        keys = torch.topk(keys, min(self.k, keys.shape[0]), dim=0).values
+        self.values, self.positions = _unpack_keys(keys)
 
     def arrays(self) -> dict[str, np.ndarray]:
         missing = self.k - self.values.shape[0]
@@ -152,3 +139,21 @@ class TopActivations:
             values = np.concatenate([values, np.full((missing, width), -np.inf, dtype=np.float32)])
             positions = np.concatenate([positions, np.full((missing, width), -1, dtype=np.int64)])
         return {"topk_values": values, "topk_positions": positions}
+
+
+def _sort_keys(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered as ``(value descending, position ascending)`` is descending:
+    ``ordered(a) · 2³² + (2³² − 1 − position)``; ``positions`` broadcasts against ``values``. In
+    place where it can: 16 bytes per value at the peak (the float32 values not counted)."""
+    ordered = (values + 0.0).view(torch.int32)  # + 0.0: -0.0 becomes +0.0, equal to it
+    ordered ^= (ordered >> 31).bitwise_and_(0x7FFFFFFF)  # negative floats: larger bits, smaller value
+    keys = ordered.to(torch.int64)
+    del ordered
+    return keys.bitwise_left_shift_(32).bitwise_or_(_LOW_BITS - positions)
+
+
+def _unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 values and int64 positions of :func:`_sort_keys`' keys."""
+    ordered = (keys >> 32).to(torch.int32)
+    values = (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(torch.float32)
+    return values, _LOW_BITS - (keys & _LOW_BITS)
