@@ -255,6 +255,15 @@ def _batch_order(windows: ScoringWindows) -> list[int]:
     return sorted(range(windows.n_windows), key=lambda i: -int(windows.lengths[i]))
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL ``−log softmax(logits_t)[targets_t]`` in at least float32, shaped like
+    ``targets``; a target of :data:`IGNORE_INDEX` gives 0. Every next-token loss of the project
+    (perplexity, knockout scores, attention-unit gradients, the built-in models' evaluation) is this."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="none").view(targets.shape)
+
+
 def _window_nll(model: nn.Module, windows: ScoringWindows, rows: list[int],
                 device: torch.device) -> torch.Tensor:
     """Summed NLL (float64) of the scored tokens of the windows ``rows``; raises
@@ -264,9 +273,7 @@ def _window_nll(model: nn.Module, windows: ScoringWindows, rows: list[int],
     inputs = windows.inputs[index, :width].to(device)
     mask = windows.attention_mask[index, :width].to(device)
     targets = windows.targets[index, :width].to(device)
-    logits = model(input_ids=inputs, attention_mask=mask, use_cache=False).logits
-    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                          ignore_index=IGNORE_INDEX, reduction="none").view(targets.shape)
+    nll = token_nll(model(input_ids=inputs, attention_mask=mask, use_cache=False).logits, targets)
     scored = targets != IGNORE_INDEX
     bad = (~torch.isfinite(nll) & scored).any(dim=1)
     if bad.any():

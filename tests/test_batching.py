@@ -185,16 +185,16 @@ def test_the_knockout_probe_scores_under_the_condition(toy_model_dir, fake_gpu, 
     condition = parse_knockout("last<-previous:2", [0])
     expected = knockout_scoring.KnockoutRunner(loaded.model, loaded.adapter, sequences, seeds=2,
                                                batch_size=2).run(condition).to_record()
-    cross_entropy = knockout_scoring.F.cross_entropy
+    token_nll = knockout_scoring.token_nll
     batch_rows: list[int] = []
 
-    def scarce(logits, *args, **kwargs):
+    def scarce(logits, targets):
         batch_rows.append(logits.shape[0])
         if logits.shape[0] > 2:
             raise torch.OutOfMemoryError(OUT_OF_MEMORY)
-        return cross_entropy(logits, *args, **kwargs)
+        return token_nll(logits, targets)
 
-    monkeypatch.setattr(knockout_scoring.F, "cross_entropy", scarce)
+    monkeypatch.setattr(knockout_scoring, "token_nll", scarce)
     runner = knockout_scoring.KnockoutRunner(loaded.model, loaded.adapter, sequences, seeds=2, batch_size=8)
     got = runner.run(condition).to_record()
     assert batch_rows[:3] == [8, 4, 2] and max(batch_rows[3:]) == 2

@@ -13,11 +13,11 @@ import torch
 from neuronbench.data import load_corpus, make_corpus, token_stream
 from neuronbench.errors import ConfigError, CorpusError, NonFiniteLossError
 from neuronbench.models import load_model
-from neuronbench.perplexity import (document_perplexity,
+from neuronbench.perplexity import (IGNORE_INDEX, document_perplexity,
                                     prepare_document_evaluation, prepare_token_evaluation,
                                     prefix_token_of, resolve_stride, resolve_window,
                                     rolling_token_windows, sliding_windows,
-                                    token_evaluation_for_corpus, token_perplexity)
+                                    token_evaluation_for_corpus, token_nll, token_perplexity)
 
 WINDOW = 64
 
@@ -204,3 +204,15 @@ def test_missing_prefix_token_is_a_config_error():
     with pytest.raises(ConfigError, match="prefix_token_id"):
         prefix_token_of(SimpleNamespace(bos_token_id=None, eos_token_id=None))
     assert prefix_token_of(SimpleNamespace(bos_token_id=None, eos_token_id=7)) == 7
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_token_nll_is_the_log_softmax_of_the_target_in_at_least_float32(dtype):
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0)).to(dtype)
+    targets = torch.tensor([[1, 6, 0, 3, IGNORE_INDEX], [2, 2, 5, IGNORE_INDEX, IGNORE_INDEX]])
+    nll = token_nll(logits, targets)
+    assert nll.dtype == torch.promote_types(dtype, torch.float32) and nll.shape == targets.shape
+    reference = -torch.log_softmax(logits.double(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    scored = targets != IGNORE_INDEX
+    torch.testing.assert_close(nll.double()[scored], reference[scored], rtol=1e-6, atol=1e-6)
+    assert (nll[~scored] == 0).all()

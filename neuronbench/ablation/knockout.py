@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from neuronbench.ablation.controls import ControlSummary, resolve_seeds, summarize_controls
@@ -41,6 +40,8 @@ from neuronbench.attention.hidden import DEFAULT_MEMORY_BUDGET
 from neuronbench.attention.knockout import NO_KNOCKOUT, Knockout, knocked_out, random_knockout
 from neuronbench.batching import fit_batch_size, windows_per_batch
 from neuronbench.errors import ConfigError, NonFiniteLossError
+from neuronbench.perplexity import token_nll
+
 
 @dataclass(frozen=True)
 class KnockoutScore:
@@ -61,8 +62,8 @@ class KnockoutScore:
         return self.target_prob_sum / self.n_targets if self.n_targets else math.nan
 
 
-def score_windows(model: nn.Module, sequences: torch.Tensor, targets: torch.Tensor,
-                  batch_size: int | None) -> KnockoutScore:
+def knockout_score(model: nn.Module, sequences: torch.Tensor, targets: torch.Tensor,
+                   batch_size: int | None) -> KnockoutScore:
     """:class:`KnockoutScore` of ``sequences`` ``[n, T + 1]`` (the model reads the first ``T``)
     with target rows ``targets`` (bool ``[T]``), under whatever knockout is active, in batches of
     ``batch_size`` sequences (``None``: :func:`neuronbench.batching.windows_per_batch`)."""
@@ -72,8 +73,7 @@ def score_windows(model: nn.Module, sequences: torch.Tensor, targets: torch.Tens
     with torch.inference_mode():
         for start in range(0, sequences.shape[0], batch_size):
             batch = sequences[start : start + batch_size].to(device)
-            logits = model(input_ids=batch[:, :-1], use_cache=False).logits.float()
-            nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+            nll = token_nll(model(input_ids=batch[:, :-1], use_cache=False).logits, batch[:, 1:])
             if not bool(torch.isfinite(nll).all()):
                 raise NonFiniteLossError(f"non-finite next-token loss in knockout windows {start}..{start + batch.shape[0] - 1}"
                                          " (check the dtype, e.g. --dtype float32)")
@@ -143,14 +143,14 @@ class KnockoutRunner:
                 self._baselines[key] = self.score(NO_KNOCKOUT, targets)
             return self._baselines[key]
         with knocked_out(self.adapter, knockout, self.memory_budget_bytes):
-            return score_windows(self.model, self.sequences, targets, self._fitted_batch_size(targets))
+            return knockout_score(self.model, self.sequences, targets, self._fitted_batch_size(targets))
 
     def _fitted_batch_size(self, targets: torch.Tensor) -> int:
         """Sequences per batch, fitted (on a GPU) by the first call, under whatever knockout is active."""
         if self._fitted is None:
             requested = min(windows_per_batch(self.batch_size, self.length), self.sequences.shape[0])
             self._fitted = fit_batch_size(
-                lambda size: score_windows(self.model, self.sequences[:size], targets, size),
+                lambda size: knockout_score(self.model, self.sequences[:size], targets, size),
                 requested, next(self.model.parameters()).device)
         return self._fitted
 

@@ -21,12 +21,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from neuronbench.adapters import ArchitectureAdapter
 from neuronbench.errors import CaptureError, ConfigError
 from neuronbench.names import act_name, parse_act_name
+from neuronbench.perplexity import token_nll
 
 
 @dataclass
@@ -44,9 +44,7 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor,
                     attention_mask: torch.Tensor) -> torch.Tensor:
     """The summed next-token cross-entropy ``L`` of the module docstring (at least float32)."""
     scored = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()
-    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
-    losses = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
-    return losses[scored].sum()
+    return token_nll(logits[:, :-1], input_ids[:, 1:])[scored].sum()
 
 
 def _require_grad(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from neuronbench.data import TokenWindows
 from neuronbench.errors import ConfigError, NonFiniteLossError
+from neuronbench.perplexity import token_nll
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def window_perplexity(model: nn.Module, windows: TokenWindows, batch_size: int) 
             ids = windows.input_ids[start : start + batch_size]
             keep = target_mask(windows)[start : start + batch_size]
             mask = windows.attention_mask[start : start + batch_size]
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            total += F.cross_entropy(logits[keep], ids[:, 1:][keep], reduction="sum").item()
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            total += token_nll(logits, ids[:, 1:])[keep].sum().item()
             count += int(keep.sum())
     finally:
         model.train(was_training)
