@@ -157,13 +157,40 @@ def test_failure_records_and_report_keep_the_exception_message(broken_run):
     assert "non-finite activations in layer 1" in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize("path", ["C reductions", "GPU code path"])
+def test_finite_values_beyond_float32_sums_are_exact_in_c_and_an_error_on_the_gpu_code_path(path, request):
+    """Finite activations whose float32 sums overflow (3e38: Σ a and Σ a² of a batch): the C
+    reductions sum in double and keep the moments exact; the GPU code path's float32 partial sums
+    would make them inf, and the capture says so instead, naming the tensor and its largest |a|."""
+    from neuronbench.capture import native
+
+    if path == "GPU code path":
+        request.getfixturevalue("gpu_code_path")
+    elif native.library() is None:
+        pytest.skip(f"the C library is not available here: {native.UNAVAILABLE}")
+    collector = StatisticsCollector(NeuronLayout(num_layers=1, width=4), CaptureConfig(
+        positional=False, token_counts=False, trigrams=False), 3, 10, torch.device("cpu"))
+    ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
+    huge = torch.full((2, 3, 4), 1e19)
+    huge[1, 2, 1] = 3e38
+    if path == "GPU code path":
+        with pytest.raises(CaptureError, match=r"batch 0, 'blocks.0.neurons' \(largest \|a\| 3e\+38\) hold only "
+                                               r"finite values, but their float32 sums of a or a² overflow"):
+            collector.feed(ids, mask, {"blocks.0.neurons": huge})
+        return
+    collector.feed(ids, mask, {"blocks.0.neurons": huge})
+    got = collector.result().layer(0)
+    exact = huge.double().flatten(0, 1)
+    np.testing.assert_allclose(got["sum"], exact.sum(0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got["sum_sq"], (exact ** 2).sum(0).numpy(), rtol=1e-12)
+
+
 def test_finite_check_costs_one_reduction_and_names_the_batch():
     layout = NeuronLayout(num_layers=1, width=4)
     config = CaptureConfig(positional=False, token_counts=False, trigrams=False)
     collector = StatisticsCollector(layout, config, 3, 10, torch.device("cpu"))
     ids, mask = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
-    huge = torch.full((2, 3, 4), 3e38)  # finite, but its float32 sum overflows: not an error
-    collector.feed(ids, mask, {"blocks.0.neurons": huge})
+    collector.feed(ids, mask, {"blocks.0.neurons": torch.ones(2, 3, 4)})
     bad = torch.zeros(2, 3, 4)
     bad[1, 2, 3] = float("-inf")
     with pytest.raises(NonFiniteActivationError, match=r"layer 0, tensor 'blocks.0.neurons'.*batch 1.*\(1, 2, 3\)"):

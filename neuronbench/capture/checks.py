@@ -3,26 +3,30 @@ with a NaN in its weights would otherwise report "dead" neurons).
 
 Every tensor the hooks hand to the collector (neurons, and Δ for an SSM) is checked at its real
 (unpadded) positions without a reduction of its own: the statistics already reduce every real
-value once per batch (:attr:`~neuronbench.capture.moments.Moments.checksum`, the float32 sums of
+value once per batch (the moments' ``Σ a + Σ a²`` per neuron, :mod:`.moments`; the sums of
 ``log Δ`` for Δ), and a NaN or ±inf propagates into such a sum, so ``isfinite(Σ checksum)`` (a
 sum of ``W`` float64 values) decides. The batch's sums stay on the device until the batch ends;
 then :meth:`FiniteCheck.failed` reads all of them at once: one host read a batch, the only one
-the capture of frequency and positional statistics makes on a GPU (the top-k reservoir and the
-exact trigram tables read their candidates' indices per layer).
+the capture makes on a GPU (the exact trigram tables of ``trigram_neurons`` read their
+candidates' indices per layer).
 
 Only when a sum is not finite are the tensors scanned element by element (:meth:`FiniteCheck.scan`,
-after the collector hands them over once more: :meth:`~.collector.StatisticsCollector.end_batch`),
-so a finite tensor whose sum overflows float32 is not mistaken for a non-finite one. A
-non-finite value raises :class:`NonFiniteActivationError` naming the model, the layer, the
+after the collector hands them over once more: :meth:`~.collector.StatisticsCollector.end_batch`).
+A non-finite value raises :class:`NonFiniteActivationError` naming the model, the layer, the
 tensor, the batch and the first offending position; so does a Δ that underflowed to 0 (its
-``log Δ`` is −inf, and its spread would come out NaN).
+``log Δ`` is −inf, and its spread would come out NaN). A tensor that holds only finite values
+but whose sums overflowed raises :class:`~neuronbench.errors.CaptureError`
+(:meth:`FiniteCheck.overflow_error`): its moments would be ±inf. That needs values near the
+float32 limit: on the GPU code path (:mod:`.blocks`, float32 partial sums) ``Σ a²`` of a batch
+overflows from ``|a| ≈ 1.8e19 / √n`` of ``n`` such values; the C reductions of a CPU
+(:mod:`.native`) sum in double and hold any float32 value.
 """
 
 from __future__ import annotations
 
 import torch
 
-from neuronbench.errors import NonFiniteActivationError
+from neuronbench.errors import CaptureError, NonFiniteActivationError
 from neuronbench.names import SSM_DELTA, parse_act_name
 
 
@@ -60,16 +64,18 @@ class FiniteCheck:
         finite = torch.isfinite(torch.stack(self._sums)).tolist()
         return [name for name, ok in zip(self._names, finite) if not ok]
 
-    def scan(self, name: str, tensor: torch.Tensor, real: torch.Tensor) -> None:
+    def scan(self, name: str, tensor: torch.Tensor, real: torch.Tensor) -> float:
         """Raise :class:`NonFiniteActivationError` if ``tensor [B, T, ...]`` holds a NaN or ±inf
-        (for Δ also a value ≤ 0) at a real position (``real [B, T]``)."""
+        (for Δ also a value ≤ 0) at a real position (``real [B, T]``); else return its largest
+        ``|value|`` there (its checksum overflowed)."""
         layer, kind = parse_act_name(name)
+        real = real.view(*real.shape, *([1] * (tensor.dim() - 2)))
         bad = ~torch.isfinite(tensor)
         if kind == SSM_DELTA:
             bad |= tensor <= 0  # Δ underflowed to 0: log Δ = −inf, its spread would be NaN
-        bad &= real.view(*real.shape, *([1] * (tensor.dim() - 2)))
+        bad &= real
         if not bool(bad.any()):
-            return
+            return float(torch.where(real, tensor.abs(), 0.0).max())
         first = [int(i) for i in bad.nonzero()[0]]
         what = "NaN, inf or ≤ 0 (log Δ undefined)" if kind == SSM_DELTA else "NaN or inf"
         raise NonFiniteActivationError(
@@ -77,4 +83,15 @@ class FiniteCheck:
             f"{self.batch}: {int(bad.sum())} of {bad.numel()} values are {what}, the first at index "
             f"{tuple(first)} of shape {tuple(tensor.shape)}. Check the model's weights for NaN/inf "
             "(or run in float32: --dtype float32)."
+        )
+
+    def overflow_error(self, largest: dict[str, float]) -> CaptureError:
+        """The error for tensors that hold only finite values (``{name: largest |value|}``) but whose
+        checksum overflowed: their moments' sums would be ±inf."""
+        named = ", ".join(f"{name!r} (largest |a| {value:.3g})" for name, value in sorted(largest.items()))
+        return CaptureError(
+            f"model {self.model}: in batch {self.batch}, {named} hold only finite values, but their float32 "
+            "sums of a or a² overflow, so their moments would be inf: values this large are beyond the GPU "
+            "code path's float32 reductions. Check the model's weights and --dtype, or capture on a CPU "
+            "(its C reductions sum in double)."
         )

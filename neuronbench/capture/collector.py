@@ -88,6 +88,7 @@ class StatisticsCollector:
         self._batch: BatchContext | None = None
         self._seen: set[str] = set()
         self._scanning: set[str] | None = None
+        self._largest: dict[str, float] = {}
         self.finite = FiniteCheck(model_label(adapter))
 
     @property
@@ -149,7 +150,7 @@ class StatisticsCollector:
         value, only scan the tensors whose checksum failed."""
         if self._scanning is not None:
             if name in self._scanning:
-                self.finite.scan(name, tensor, self._batch.real)
+                self._largest[name] = self.finite.scan(name, tensor, self._batch.real)
                 self._scanning.discard(name)
             return
         layer, kind = parse_act_name(name)
@@ -177,9 +178,10 @@ class StatisticsCollector:
             )
 
     def _locate(self, failed: list[str], replay: Callable[[], object]) -> None:
-        """Scan the tensors ``failed`` as ``replay()`` hands them over (raises on a non-finite value;
-        returns when each held none: a finite tensor whose float32 sum overflowed)."""
-        self._scanning = set(failed)
+        """Scan the tensors ``failed`` as ``replay()`` hands them over: a non-finite value raises
+        :class:`NonFiniteActivationError`; tensors that held none overflowed their float32 sums
+        (:meth:`.checks.FiniteCheck.overflow_error`)."""
+        self._scanning, self._largest = set(failed), {}
         try:
             replay()
             unscanned = sorted(self._scanning)
@@ -188,6 +190,7 @@ class StatisticsCollector:
         if unscanned:
             raise CaptureError(f"{unscanned} had a non-finite checksum in batch {self.finite.batch}, but the replay "
                                "did not hand them over again to be located")
+        raise self.finite.overflow_error(self._largest)
 
     def feed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              activations: Mapping[str, torch.Tensor]) -> None:

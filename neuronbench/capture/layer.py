@@ -65,8 +65,8 @@ class LayerStatistics:
 
     def update_neurons(self, acts: torch.Tensor, batch: BatchContext) -> torch.Tensor | None:
         """Fold one batch ``acts [B, T, W]`` (real positions where ``batch.real``) into the totals;
-        return the batch's checksum, its float64 ``Σ a`` per neuron (:mod:`.moments`; ``None``
-        without real tokens). Nothing of the batch outlives the non-finite check: a tensor kept
+        return the batch's checksum, its float64 ``Σ a + Σ a²`` per neuron (:mod:`.moments`;
+        ``None`` without real tokens). Nothing of the batch outlives the non-finite check: a tensor kept
         until the next batch would be carved out of the heap space that the model's freed
         temporaries left, and split it (:class:`~neuronbench.capture.positions.Positions`)."""
         if acts.shape[-1] != self.width or acts.shape[:2] != batch.real.shape:
@@ -87,7 +87,7 @@ class LayerStatistics:
         view = LayerBatch(flat=flat, batch=batch, reductions=reductions)
         for statistic in self.statistics:
             statistic.update(view)
-        return None if reductions is None else reductions.total
+        return None if reductions is None else reductions.total + reductions.total_sq
 
     def _scale_rows(self, flat: torch.Tensor, batch: BatchContext) -> list[torch.Tensor]:
         """The first batch's real rows that the layer scale is measured on, as views of ``flat``:

@@ -17,9 +17,10 @@ Each batch's counts, sums and extremes are the layer's :class:`~neuronbench.capt
 (``CaptureConfig.sweep = ()``: no ``sweep_count`` and no comparison per τ_s; only the
 dead-fraction sweep figure reads it).
 
-The reductions' ``total`` is also the batch's checksum: ``Σ a`` (float64, NaN or ±inf wherever an
-input value is, barring float32 overflow), which the non-finite check of
-:mod:`neuronbench.capture.checks` reads instead of reducing the tensor once more.
+The reductions' ``total + total_sq`` is also the batch's checksum: ``Σ a + Σ a²`` (float64, NaN or
+±inf wherever an input value is, and ±inf where either float32 sum overflowed), which the
+non-finite check of :mod:`neuronbench.capture.checks` reads instead of reducing the tensor once
+more.
 """
 
 from __future__ import annotations
