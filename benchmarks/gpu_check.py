@@ -10,8 +10,8 @@
   moves no count and no float beyond these tolerances on the same data.
 * ``syncs``: the host synchronisations of a capture on CUDA (``torch.cuda.set_sync_debug_mode``),
   counted inside the collector's hooks (while the forward pass runs: expected none for the
-  default statistics and top-k) and in all, per batch, for toy GPT-2 and Mamba with full windows
-  and with a padded last window.
+  default statistics, top-k and exact trigram tables) and in all, per batch, for toy GPT-2 and
+  Mamba with full windows and with a padded last window.
 * ``oom``: the capture's batch probe (:func:`neuronbench.capture.capture_batch_size`: one capture
   step, statistics attached) backs off from a batch that does not fit (a GPT-2-small shape,
   1024-token windows) and the capture then runs, over one batch of the size it backed off to and
@@ -114,8 +114,8 @@ def check_syncs(root: Path) -> str:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                capture_statistics(loaded.model, loaded.adapter, data, CaptureConfig(batch_size=4, top_activations=5),
-                                   progress=False)
+                config = CaptureConfig(batch_size=4, top_activations=5, trigram_neurons={0: range(8)})
+                capture_statistics(loaded.model, loaded.adapter, data, config, progress=False)
         finally:
             torch.cuda.set_sync_debug_mode("default")
             StatisticsCollector.receive = receive

@@ -56,11 +56,12 @@ def _deterministic() -> None:
 def gpu_code_path(monkeypatch) -> None:
     """On the CPU, the capture code that a GPU runs: no C library (the tensor-op reductions,
     token-row adds and copies, top-k's dense merge), no block sizes (whole segments and all
-    consecutive full windows in one block: :data:`~neuronbench.capture.blocks.BLOCK_BYTES`), and
-    top-k's dense merge on a full state too (:data:`~neuronbench.capture.topk.SPARSE_MERGE_DEVICES`)."""
-    from neuronbench.capture import blocks, native, topk
+    consecutive full windows in one block: :data:`~neuronbench.capture.blocks.BLOCK_BYTES`), and no
+    host read inside the hooks (:data:`~neuronbench.capture.batch.HOST_READ_DEVICES`: top-k's dense
+    merge on a full state too, the exact trigram tables read at the batch's end)."""
+    from neuronbench.capture import batch, blocks, native
 
     monkeypatch.setattr(native, "library", lambda: None)
     monkeypatch.delitem(blocks.BLOCK_BYTES, "cpu")
     monkeypatch.delitem(blocks.GROUP_BYTES, "cpu")
-    monkeypatch.setattr(topk, "SPARSE_MERGE_DEVICES", frozenset())
+    monkeypatch.setattr(batch, "HOST_READ_DEVICES", frozenset())

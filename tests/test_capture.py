@@ -166,13 +166,14 @@ def recorded_batches(loaded, windows: TokenWindows, batch: int) -> list[dict[str
 def test_the_hooks_read_no_value_back_on_the_gpu_code_path(toy_model_dir, family, rule, gpu_code_path):
     """On the meta device every read of a value raises (``Tensor.item() cannot be called on meta
     tensors``), so a capture whose hooks run there would wait for a GPU nowhere: every default
-    statistic and top-k, over full windows and a padded last one, with a relative rule's scales
-    given. ``benchmarks/gpu_check.py``'s ``syncs`` counts the same on CUDA. The one exception
+    statistic, top-k and exact trigram tables, over full windows and a padded last one, with a
+    relative rule's scales given. ``benchmarks/gpu_check.py``'s ``syncs`` counts the same on CUDA. The one exception
     documented, a relative rule's scale measured in the first batch, is caught here too."""
     loaded = load_model(str(toy_model_dir(family)), device="cpu", dtype="float32")
     windows = padded_windows(loaded.model.config.vocab_size, n_full=7, tail=5)
     scales = {layer: 1.0 for layer in range(loaded.adapter.num_layers)} if rule == "magnitude" else None
-    config = CaptureConfig(activation=rule, scales=scales, sweep=SWEEP, top_activations=5, batch_size=3)
+    config = CaptureConfig(activation=rule, scales=scales, sweep=SWEEP, top_activations=5,
+                           trigram_neurons={1: range(0, 64, 3)}, batch_size=3)
 
     def hooks_on_meta(collector: StatisticsCollector) -> None:
         for start, batch in zip(range(0, 8, 3), recorded_batches(loaded, windows, 3)):
@@ -272,7 +273,9 @@ def test_count_tiers_promote_rows_and_keep_counts_exact(width, adder, monkeypatc
     np.testing.assert_array_equal(stats.token_occurrences[stats.token_ids], expected[stats.token_ids, 0])
 
 
-def test_trigram_statistics_equal_naive_counts():
+def test_trigram_statistics_equal_naive_counts(code_path):
+    """Trigram occurrences, ``trigram_active_count`` and the exact tables equal naive counts, on
+    the CPU's path and the GPU's (tables read at each batch's end)."""
     from test_detectors_reference import naive_ngram_tables
 
     generator = torch.Generator().manual_seed(1)

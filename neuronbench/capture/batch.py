@@ -99,6 +99,18 @@ class WindowMoments:
         return self.pearson().sum(0) if self.pearson_sum is None else self.pearson_sum
 
 
+HOST_READ_DEVICES = frozenset({"cpu"})
+"""Device types on which reading a value back to the host waits for nothing (the CPU): there a
+statistic may read data-dependent sizes as it goes; elsewhere (a GPU) it does not read inside the
+hooks (:func:`reads_freely`)."""
+
+
+def reads_freely(device: torch.device) -> bool:
+    """Whether a statistic on ``device`` may read values back to the host inside the hooks
+    (:data:`HOST_READ_DEVICES`)."""
+    return device.type in HOST_READ_DEVICES
+
+
 @dataclass
 class BatchContext:
     """What every layer needs to know about the current batch (flat = real positions, row-major).
@@ -107,9 +119,9 @@ class BatchContext:
     ``None`` when every position is real), ``segment_sizes`` (float64 ``[n, 1]``, the rows of each
     of :attr:`segments`) and ``full_segments`` (int64, the indices of the full ones) on the
     capture's device; ``lengths`` (real positions per window) on the host. For the token table
-    the kept positions split by count tier (``parts``); for trigrams the flat mask ``trigram``
-    (trigram positions), the flat indices ``outside`` (real positions that are not trigram
-    positions) and the id of each trigram position's trigram. All of it is computed on the host,
+    the kept positions split by count tier (``parts``); for trigrams the flat indices ``trigram``
+    of the trigram positions and ``outside`` of the real positions that are not trigram positions,
+    and the id of each trigram position's trigram (``trigram_ids``, in the order of ``trigram``). All of it is computed on the host,
     from the batch before it is moved to the device, so preparing a batch reads nothing back from
     a GPU.
     """

@@ -7,8 +7,8 @@ value once per batch (the moments' ``Σ a + Σ a²`` per neuron, :mod:`.moments`
 ``log Δ`` for Δ), and a NaN or ±inf propagates into such a sum, so ``isfinite(Σ checksum)`` (a
 sum of ``W`` float64 values) decides. The batch's sums stay on the device until the batch ends;
 then :meth:`FiniteCheck.failed` reads all of them at once: one host read a batch, the only one
-the capture makes on a GPU (the exact trigram tables of ``trigram_neurons`` read their
-candidates' indices per layer).
+the capture makes on a GPU before the forward pass is done (the exact trigram tables of
+``trigram_neurons`` then read their entering pairs, :class:`~.trigrams.TrigramCounts`).
 
 Only when a sum is not finite are the tensors scanned element by element (:meth:`FiniteCheck.scan`,
 after the collector hands them over once more: :meth:`~.collector.StatisticsCollector.end_batch`).

@@ -136,7 +136,7 @@ class StatisticsCollector:
             batch.parts = [part.to(self.device) for part in tier_parts(keep, tier, slot)]
         if self.trigram_rows is not None:
             positions = trigram_positions(real, kept)
-            batch.trigram = positions[real].to(self.device)
+            batch.trigram = positions[real].nonzero().flatten().to(self.device)
             batch.outside = (~positions)[real].nonzero().flatten().to(self.device)
             codes = trigram_codes(input_ids, self.vocab_size)[positions]
             batch.trigram_ids = self.trigram_rows.ids(codes.numpy())
@@ -176,6 +176,12 @@ class StatisticsCollector:
                 f"hooks did not fire for {sorted(missing)}: the model's forward pass did not call "
                 "the hooked modules (is the adapter right for this model?)"
             )
+        self._end_statistics()
+
+    def _end_statistics(self) -> None:
+        """Let each layer's statistics read back what they kept on the device during the batch."""
+        for stats in self.stats.values():
+            stats.end_batch()
 
     def _locate(self, failed: list[str], replay: Callable[[], object]) -> None:
         """Scan the tensors ``failed`` as ``replay()`` hands them over: a non-finite value raises
@@ -211,6 +217,7 @@ class StatisticsCollector:
         self.start_batch(input_ids, attention_mask)
         for layer, mask in active.items():
             self.stats[layer].update_ngrams(self._batch.flat(mask), self._batch)
+        self._end_statistics()
 
     def result(self) -> ActivationStatistics:
         """The statistics as numpy arrays. Call once: it hands over (and frees) the count tables."""

@@ -122,6 +122,12 @@ class LayerStatistics:
         if self.trigram_counts is not None:
             self.trigram_counts.add(batch.trigram_ids, active, batch.trigram)
 
+    def end_batch(self) -> None:
+        """Read back what the statistics kept on the device during the batch (the exact trigram
+        tables' entering pairs, off the CPU), once the forward pass is done."""
+        if self.trigram_counts is not None:
+            self.trigram_counts.read_batch()
+
     def update_delta(self, delta: torch.Tensor, batch: BatchContext) -> torch.Tensor | None:
         """Fold one batch of Δ; return its checksum (:meth:`DeltaMoments.update`)."""
         return self.delta.update(delta, batch, self.workspace)

@@ -40,13 +40,10 @@ import numpy as np
 import torch
 
 from neuronbench.capture import native
-from neuronbench.capture.batch import LayerBatch
+from neuronbench.capture.batch import LayerBatch, reads_freely
 from neuronbench.errors import CaptureError, ConfigError
 
 DEFAULT_K = 20
-SPARSE_MERGE_DEVICES = frozenset({"cpu"})
-"""Device types on which a full state merges by :meth:`TopActivations._merge_above`, which reads
-its candidates' count back to the host; elsewhere :meth:`TopActivations._merge_dense`."""
 POSITION_LIMIT = 2**32
 """The dense merge's sort keys hold positions (``window · T + t``) below this."""
 _LOW_BITS = 2**32 - 1
@@ -80,7 +77,7 @@ class TopActivations:
             return
         if flat.device.type == "cpu" and self._merge_native(flat, positions):
             return
-        if self.values.shape[0] == self.k and flat.device.type in SPARSE_MERGE_DEVICES:
+        if self.values.shape[0] == self.k and reads_freely(flat.device):
             self._merge_above(flat, positions)
         else:
             self._merge_dense(flat, positions)

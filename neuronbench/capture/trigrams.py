@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from neuronbench.capture.batch import LayerBatch
+from neuronbench.capture.batch import LayerBatch, reads_freely
 from neuronbench.errors import CaptureError
 
 
@@ -79,7 +79,12 @@ def trigram_positions(real: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 
 class TrigramCounts:
     """Exact ``#{occurrences of trigram g : a_j > τ}`` for chosen neurons of one layer, as a
-    sparse table of distinct ``(trigram, neuron)`` pairs (pending pairs are merged in bulk)."""
+    sparse table of distinct ``(trigram, neuron)`` pairs (pending pairs are merged in bulk).
+
+    A batch's active ``(trigram position, chosen neuron)`` pairs are found with ``nonzero``, whose
+    size is data-dependent: on a CPU at once; elsewhere the chosen columns at the trigram
+    positions (bool ``[positions, chosen]``) stay on the device until the batch's forward pass is
+    done (:meth:`read_batch`), so the hooks do not wait for a GPU."""
 
     MERGE_AT = 1 << 22
     """Pending pairs that trigger a merge into the table (bounds the transient memory)."""
@@ -91,15 +96,27 @@ class TrigramCounts:
         self.counts = np.empty(0, dtype=np.int64)
         self.pending: list[np.ndarray] = []
         self.n_pending = 0
+        self.unread: list[tuple[np.ndarray, torch.Tensor]] = []
 
     def update(self, view: LayerBatch) -> None:
         if view.reductions is not None:
             self.add(view.batch.trigram_ids, view.reductions.active, view.batch.trigram)
 
     def add(self, trigram_ids: np.ndarray, active: torch.Tensor, positions: torch.Tensor) -> None:
-        """``active [n, W]`` of a batch's real positions; ``positions [n]`` marks its trigram
+        """``active [n, W]`` of a batch's real positions; ``positions`` indexes its trigram
         positions, whose trigrams are ``trigram_ids``."""
-        position, column = active[:, self.columns][positions].nonzero(as_tuple=True)
+        chosen = active.index_select(0, positions).index_select(1, self.columns)  # a copy: active is reused
+        self.unread.append((trigram_ids, chosen))
+        if reads_freely(chosen.device):
+            self.read_batch()
+
+    def read_batch(self) -> None:
+        """Fold the pairs kept on the device (:meth:`add`) into the pending keys."""
+        unread, self.unread = self.unread, []
+        for trigram_ids, chosen in unread:
+            self._add_pairs(trigram_ids, *chosen.nonzero(as_tuple=True))
+
+    def _add_pairs(self, trigram_ids: np.ndarray, position: torch.Tensor, column: torch.Tensor) -> None:
         keys = trigram_ids[position.cpu().numpy()] * self.neurons.size + column.cpu().numpy()
         self.pending.append(keys)
         self.n_pending += keys.size
@@ -119,6 +136,7 @@ class TrigramCounts:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``trigram_neurons`` and the pairs sorted by (neuron, trigram)."""
+        self.read_batch()
         self._merge()
         neuron = self.neurons[self.keys % self.neurons.size]
         trigram = self.keys // self.neurons.size
