@@ -11,7 +11,10 @@
 * ``syncs``: the host synchronisations of a capture on CUDA (``torch.cuda.set_sync_debug_mode``),
   counted inside the collector's hooks (while the forward pass runs: expected none for the
   default statistics, top-k and exact trigram tables) and in all, per batch, for toy GPT-2 and
-  Mamba with full windows and with a padded last window.
+  Mamba with full windows and with a padded last window; then the time of top-k's two merges of
+  a full state on the GPU (:data:`TOPK_BATCH` activations, k = 20, CUDA-synchronised wall time):
+  the dense merge that a GPU runs (no host read) against the sparse merge that reads its
+  candidates back (:mod:`neuronbench.capture.topk`), so that the choice rests on a measurement.
 * ``oom``: the capture's batch probe (:func:`neuronbench.capture.capture_batch_size`: one capture
   step, statistics attached) backs off from a batch that does not fit (a GPT-2-small shape,
   1024-token windows) and the capture then runs, over one batch of the size it backed off to and
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -30,6 +34,9 @@ import torch
 
 from neuronbench.adapters.attention_impl import attention_implementation, eager_attention
 from neuronbench.capture import CaptureConfig, StatisticsCollector, capture_batch_size, capture_statistics
+from neuronbench.capture import batch as capture_batch
+from neuronbench.capture.batch import BatchContext, LayerBatch
+from neuronbench.capture.topk import TopActivations
 from neuronbench.data import TokenWindows
 from neuronbench.models import load_model
 from neuronbench.toy import build_toy_model
@@ -40,6 +47,8 @@ DEVICE = "cuda"
 OOM_SHAPE = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
 """GPT-2 small: the model whose capture of :data:`OOM_WINDOWS` windows of 1024 tokens does not fit."""
 OOM_WINDOWS = 8192
+TOPK_BATCH = (8, 1024, 3072)
+"""Windows, tokens per window, neurons of the top-k merge timing (a GPT-2-small MLP layer)."""
 
 
 def windows(vocab: int, n: int, length: int) -> TokenWindows:
@@ -123,7 +132,34 @@ def check_syncs(root: Path) -> str:
         batches = -(-data.input_ids.shape[0] // 4)
         notes.append(f"{family}: {counted['hooks']} in the hooks, {counted['all'] / batches:.1f} per batch in all")
         assert counted["hooks"] == 0, f"{family}: {counted['hooks']} synchronisations inside the hooks"
-    return "syncs " + "; ".join(notes)
+    merges = {merge: topk_merge_ms(merge == "sparse") for merge in ("dense", "sparse")}
+    return "syncs " + "; ".join(notes) + "; top-k merge of {} x {} x {}: ".format(*TOPK_BATCH) + ", ".join(
+        f"{merge} {ms:.2f} ms" for merge, ms in merges.items())
+
+
+def topk_merge_ms(sparse: bool) -> float:
+    """Milliseconds per batch of :data:`TOPK_BATCH` Gaussian activations merged into a full top-20
+    state: by the sparse merge (host reads allowed on this device) or the dense one."""
+    windows, length, width = TOPK_BATCH
+    device = torch.device(DEVICE)
+    batch = BatchContext.of(torch.ones(windows, length, dtype=torch.bool), device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    views = [LayerBatch(torch.randn(windows * length, width, device=device, generator=generator), batch, None)
+             for _ in range(4)]
+    top = TopActivations(width, 20, device)
+    allowed = capture_batch.HOST_READ_DEVICES
+    capture_batch.HOST_READ_DEVICES = allowed | {device.type} if sparse else allowed - {device.type}
+    try:
+        top.update(views[0])  # fills the state
+        settle = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        settle()
+        start = time.perf_counter()
+        for view in views[1:]:
+            top.update(view)
+        settle()
+        return (time.perf_counter() - start) / (len(views) - 1) * 1000
+    finally:
+        capture_batch.HOST_READ_DEVICES = allowed
 
 
 CHECKS = {"capture": check_capture, "syncs": check_syncs, "oom": check_oom}

@@ -7,6 +7,7 @@ Whether CUDA itself behaves is what only the GPU run can show."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +18,7 @@ import torch
 
 from neuronbench import batching
 from neuronbench.capture import StatisticsCollector
+from neuronbench.capture.topk import TopActivations
 from neuronbench.capture.batch import Workspace
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
@@ -37,8 +39,16 @@ def test_the_capture_check_runs(gpu_check, tmp_path):
 
 def test_the_sync_check_counts_synchronisations_inside_the_hooks(gpu_check, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: None)
-    assert gpu_check.check_syncs(tmp_path / "quiet") == (
-        "syncs gpt2: 0 in the hooks, 0.0 per batch in all; mamba: 0 in the hooks, 0.0 per batch in all")
+    monkeypatch.setattr(gpu_check, "TOPK_BATCH", (2, 16, 8))
+    merges = []
+    merge_dense, merge_above = TopActivations._merge_dense, TopActivations._merge_above
+    monkeypatch.setattr(TopActivations, "_merge_dense", lambda *a: merges.append("dense") or merge_dense(*a))
+    monkeypatch.setattr(TopActivations, "_merge_above", lambda *a: merges.append("sparse") or merge_above(*a))
+    line = gpu_check.check_syncs(tmp_path / "quiet")
+    assert re.fullmatch(r"syncs gpt2: 0 in the hooks, 0\.0 per batch in all; mamba: 0 in the hooks, 0\.0 per batch "
+                        r"in all; top-k merge of 2 x 16 x 8: dense \d+\.\d\d ms, sparse \d+\.\d\d ms", line), line
+    assert merges[-8:] == ["dense"] * 4 + ["dense"] + ["sparse"] * 3  # each timing's fill, then its merge
+    assert gpu_check.capture_batch.HOST_READ_DEVICES == frozenset()  # restored
     receive = StatisticsCollector.receive
 
     def synchronising(self, name, tensor):
