@@ -167,7 +167,9 @@ def test_the_hooks_read_no_value_back_on_the_gpu_code_path(toy_model_dir, family
     """On the meta device every read of a value raises (``Tensor.item() cannot be called on meta
     tensors``), so a capture whose hooks run there would wait for a GPU nowhere: every default
     statistic, top-k and exact trigram tables, over full windows and a padded last one, with a
-    relative rule's scales given. ``benchmarks/gpu_check.py``'s ``syncs`` counts the same on CUDA. The one exception
+    relative rule's scales given. A host tensor mixed into their work raises there too (``Tensor
+    on device cpu is not on the expected device meta``), as it would on CUDA.
+    ``benchmarks/gpu_check.py``'s ``syncs`` counts the synchronisations on CUDA. The one exception
     documented, a relative rule's scale measured in the first batch, is caught here too."""
     loaded = load_model(str(toy_model_dir(family)), device="cpu", dtype="float32")
     windows = padded_windows(loaded.model.config.vocab_size, n_full=7, tail=5)
