@@ -121,9 +121,9 @@ class BatchContext:
     capture's device; ``lengths`` (real positions per window) on the host. For the token table
     the kept positions split by count tier (``parts``); for trigrams the flat indices ``trigram``
     of the trigram positions and ``outside`` of the real positions that are not trigram positions,
-    and the id of each trigram position's trigram (``trigram_ids``, in the order of ``trigram``). All of it is computed on the host,
-    from the batch before it is moved to the device, so preparing a batch reads nothing back from
-    a GPU.
+    and the id of each trigram position's trigram (``trigram_ids``, in the order of ``trigram``).
+    All of it is computed on the host, from the batch before it is moved to the device, so
+    preparing a batch reads nothing back from a GPU.
     """
 
     real: torch.Tensor

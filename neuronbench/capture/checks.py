@@ -17,9 +17,9 @@ tensor, the batch and the first offending position; so does a Δ that underflowe
 ``log Δ`` is −inf, and its spread would come out NaN). A tensor that holds only finite values
 but whose sums overflowed raises :class:`~neuronbench.errors.CaptureError`
 (:meth:`FiniteCheck.overflow_error`): its moments would be ±inf. That needs values near the
-float32 limit: on the GPU code path (:mod:`.blocks`, float32 partial sums) ``Σ a²`` of a batch
-overflows from ``|a| ≈ 1.8e19 / √n`` of ``n`` such values; the C reductions of a CPU
-(:mod:`.native`) sum in double and hold any float32 value.
+float32 limit: on the tensor-op path (:mod:`.blocks`, float32 partial sums: a GPU, or a CPU
+without the C library) ``Σ a²`` of a batch overflows from ``|a| ≈ 1.8e19 / √n`` of ``n`` such
+values; the C reductions of a CPU (:mod:`.native`) sum in double and hold any float32 value.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class FiniteCheck:
         named = ", ".join(f"{name!r} (largest |a| {value:.3g})" for name, value in sorted(largest.items()))
         return CaptureError(
             f"model {self.model}: in batch {self.batch}, {named} hold only finite values, but their float32 "
-            "sums of a or a² overflow, so their moments would be inf: values this large are beyond the GPU "
-            "code path's float32 reductions. Check the model's weights and --dtype, or capture on a CPU "
-            "(its C reductions sum in double)."
+            "sums of a or a² overflow, so their moments would be inf: values this large are beyond the "
+            "float32 reductions of the tensor-op path (a GPU, or a CPU without the C library). Check the "
+            "model's weights and --dtype, or capture on a CPU with the C library (it sums in double)."
         )

@@ -66,9 +66,9 @@ class LayerStatistics:
     def update_neurons(self, acts: torch.Tensor, batch: BatchContext) -> torch.Tensor | None:
         """Fold one batch ``acts [B, T, W]`` (real positions where ``batch.real``) into the totals;
         return the batch's checksum, its float64 ``Σ a + Σ a²`` per neuron (:mod:`.moments`;
-        ``None`` without real tokens). Nothing of the batch outlives the non-finite check: a tensor kept
-        until the next batch would be carved out of the heap space that the model's freed
-        temporaries left, and split it (:class:`~neuronbench.capture.positions.Positions`)."""
+        ``None`` without real tokens). Nothing of the batch outlives the non-finite check: a
+        tensor kept until the next batch would be carved out of the heap space that the model's
+        freed temporaries left, and split it (:class:`~neuronbench.capture.positions.Positions`)."""
         if acts.shape[-1] != self.width or acts.shape[:2] != batch.real.shape:
             raise CaptureError(
                 f"layer {self.layer}: neuron tensor of shape {tuple(acts.shape)} does not match "
