@@ -145,7 +145,8 @@ def plain(loaded: LoadedModel, windows: TokenWindows, batch_size: int, backbone:
     return run
 
 
-def backbone_forward(loaded: LoadedModel, windows: TokenWindows, batch_size: int) -> Callable[[], None]:
+def plain_backbone(loaded: LoadedModel, windows: TokenWindows, batch_size: int) -> Callable[[], None]:
+    """The method ``plain backbone forward``: :func:`plain` of the backbone, timed against the whole forward."""
     return plain(loaded, windows, batch_size, backbone=True)
 
 
@@ -190,7 +191,7 @@ def nnsight_save(loaded: LoadedModel, windows: TokenWindows, batch_size: int) ->
 
 
 METHODS: dict[str, tuple[Callable[[LoadedModel, TokenWindows, int], Callable[[], None]], str | None]] = {
-    "plain backbone forward": (backbone_forward, None),
+    "plain backbone forward": (plain_backbone, None),
     "neuronbench full": (neuronbench_pass(), None),
     "neuronbench full + top-20 contexts": (neuronbench_pass(top_activations=20), None),
     "neuronbench frequency only": (neuronbench_pass(**FREQUENCY_ONLY), None),
