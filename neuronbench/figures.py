@@ -87,14 +87,14 @@ def _model_label(record: dict) -> str:
 @figure("ablation")
 def ablation_chart(records: list[dict], plots: Path) -> list[Output]:
     """Relative perplexity change of each condition (bars) against its random control (mean ± std
-    over seeds, error bars), one panel per model and ablation mode; conditions that ablate nothing
-    are named in a sentence instead of drawn as empty bars."""
-    empty = sorted({r["figures"]["ablation"]["condition"] for r in records if r["metrics"]["n_neurons"] == 0}
-                   - {r["figures"]["ablation"]["condition"] for r in records if r["metrics"]["n_neurons"] > 0})
-    records = [r for r in records if r["metrics"]["n_neurons"] > 0]
-    note = [Note("ablation", f"Nothing to ablate (no units found) for: {', '.join(empty)}.")] if empty else []
-    if not records:
-        return note
+    over seeds, error bars), one panel per model and ablation mode. Conditions that ablate nothing
+    are not drawn (the section's table names them); when no condition ablates anything, a sentence
+    replaces the figure."""
+    drawn = [r for r in records if r["metrics"]["n_neurons"] > 0]
+    if not drawn:
+        empty = ", ".join(sorted({r["figures"]["ablation"]["condition"] for r in records}))
+        return [Note("ablation", f"Nothing to ablate (no units found) for: {empty}.")] if records else []
+    records = drawn
     panels = sorted({(_model_label(r), r["mode"]) for r in records})
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
     for ax, (model, mode) in zip(axes[:, 0], panels):
@@ -114,8 +114,8 @@ def ablation_chart(records: list[dict], plots: Path) -> list[Output]:
         ax.set_ylabel("Δ perplexity (%)")
         ax.set_title(f"{model}: {mode}-ablation" + ("" if controlled else " (no random controls: --seeds 0)"))
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.legend(fontsize=8)
-    return [save(fig, plots / "ablation.png"), *note]
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return [save(fig, plots / "ablation.png")]
 
 
 @figure("attention")

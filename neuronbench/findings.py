@@ -10,6 +10,9 @@ per model, so that it stays narrow however many conditions run): the relative pe
 control, marked by :func:`significance`. Sections are narrow: per-layer metrics (``layer{l}`` or
 ``layer{l}:{name}``) become rows, breakdowns (``type:{t}``, ``overlap[{pair}]``) become rows,
 and every column that is the same in all rows is dropped and named in a sentence instead.
+Analyses whose records repeat or pair metrics have their own layout (:data:`SECTIONS`): the
+ablations, the attention knockouts (each measure beside its random knockouts), the attention
+scores (the scoring pass once per model), perplexity and calibration.
 """
 
 from __future__ import annotations
@@ -71,19 +74,26 @@ def significance(z: float) -> str:
     return next((mark for bound, mark in SIGNIFICANCE if math.isfinite(z) and abs(z) >= bound), "")
 
 
-def z_text(metrics: dict) -> str:
-    """A condition's z with its significance mark; ``—`` for a run without random controls (``--seeds 0``)."""
-    if not metrics["control_ppls"]:
+def z_text(metrics: dict, measure: str = "ppl") -> str:
+    """A condition's z on ``measure`` (``z`` for the perplexity, else ``z_{measure}``) with its
+    significance mark; ``—`` for a run without random controls (``--seeds 0``)."""
+    if not metrics[f"control_{measure}s"]:
         return MISSING
-    z = number(metrics["z"])
+    z = number(metrics["z" if measure == "ppl" else f"z_{measure}"])
     return f"{fmt(z)}{significance(z)}"
 
 
-def control_text(metrics: dict) -> str:
-    """``mean ± std`` of the random controls' perplexities, or why there are none."""
-    if not metrics["control_ppls"]:
+def control_text(metrics: dict, measure: str = "ppl") -> str:
+    """``mean ± std`` of the random controls' ``measure`` (``control_{measure}_mean`` / ``_std``),
+    or why there are none."""
+    if not metrics[f"control_{measure}s"]:
         return "none (--seeds 0)"
-    return f"{fmt(metrics['control_ppl_mean'])} ± {fmt(metrics['control_ppl_std'])}"
+    return f"{fmt(metrics[f'control_{measure}_mean'])} ± {fmt(metrics[f'control_{measure}_std'])}"
+
+
+def relative_text(metrics: dict) -> str:
+    """``Δppl = ppl/baseline − 1`` in percent, signed."""
+    return f"{100 * number(metrics['ppl_delta_rel']):+.3g} %"
 
 
 def ablation_cell(record: dict | None) -> str:
@@ -91,7 +101,7 @@ def ablation_cell(record: dict | None) -> str:
     if record is None or record["metrics"]["n_neurons"] == 0:
         return MISSING
     metrics = record["metrics"]
-    return f"{100 * number(metrics['ppl_delta_rel']):+.3g} % (z {z_text(metrics)})"
+    return f"{relative_text(metrics)} (z {z_text(metrics)})"
 
 
 @dataclass(frozen=True)
@@ -277,14 +287,53 @@ def breakdown_blocks(records: Sequence[dict]) -> list[Block]:
 
 
 def ablation_blocks(records: Sequence[dict]) -> list[Block]:
-    """Rows ``(model, condition, mode)``: units ablated, perplexity, Δppl, control, z."""
-    rows = []
-    for r in records:
-        m = r["metrics"]
-        rows.append([r["model"], r["neuron_type"], r["mode"], m["n_neurons"], m["ppl"],
-                     f"{100 * number(m['ppl_delta_rel']):+.3g} %", control_text(m), z_text(m)])
-    return narrow_blocks(["model", "condition", "mode", "units", "ppl", "Δppl", "random control ppl", "z"], rows,
-                         keep=3)
+    """Rows ``(model, condition, mode)``: units ablated, perplexity, Δppl, control, z. A condition
+    that ablates nothing in a model (its perplexity is the baseline, its z undefined) gets no row:
+    a sentence names them per model."""
+    rows = [[r["model"], r["neuron_type"], r["mode"], r["metrics"]["n_neurons"], r["metrics"]["ppl"],
+             relative_text(r["metrics"]), control_text(r["metrics"]), z_text(r["metrics"])]
+            for r in records if r["metrics"]["n_neurons"] > 0]
+    empty = {model: list(dict.fromkeys(r["neuron_type"] for r in chosen if r["metrics"]["n_neurons"] == 0))
+             for model, chosen in by_model(records).items()}
+    named = "; ".join(f"{model}: {', '.join(conditions)}" for model, conditions in empty.items() if conditions)
+    note = [Paragraph(f"Nothing to ablate (no units found), so no row: {named}.")] if named else []
+    return [*narrow_blocks(["model", "condition", "mode", "units", "ppl", "Δppl", "random control ppl", "z"], rows,
+                           keep=3), *note]
+
+
+def knockout_blocks(records: Sequence[dict]) -> list[Block]:
+    """Rows ``(model, knockout)``: the knockout with its source→target pairs cut per window, the
+    perplexity and its Δppl, the random knockouts' perplexity (``mean ± std``) and z, then the same
+    for the targets' mean probability of the next token (knocked out with the unablated value,
+    random knockouts, z)."""
+    rows = [[r["model"], f"{r['method']} ({fmt(m['pairs_per_window'])} pairs)", m["ppl"], relative_text(m),
+             control_text(m), z_text(m), f"{fmt(m['target_prob'])} ({fmt(m['baseline_target_prob'])})",
+             control_text(m, "target_prob"), z_text(m, "target_prob"), m["n_windows"], m["tokens_scored"]]
+            for r in records for m in (r["metrics"],)]
+    return narrow_blocks(["model", "knockout (pairs / window)", "ppl", "Δppl", "random knockouts ppl", "z",
+                          "target prob (unablated)", "random knockouts target prob", "z (target prob)", "windows",
+                          "tokens scored"], rows, keep=2)
+
+
+ATTENTION_SCORES = ("n_units", "top_score", "mean_score")
+"""The attention section's score table: one row per model and score."""
+ATTENTION_BUDGET = ("n_tokens", "windows_offered", "windows_scored", "estimated_s_per_window", "elapsed_s",
+                    "time_budget_s", "stopped_by")
+"""The attention section's budget table: one row per model (its scores share one scoring pass)."""
+
+
+def attention_blocks(records: Sequence[dict]) -> list[Block]:
+    """The attention section: the scores (:data:`ATTENTION_SCORES`, one row per model and score),
+    the scoring pass of each model (:data:`ATTENTION_BUDGET`, one row per model: every score's
+    record holds the same values; a row per score where they differ), then the summaries
+    (diversity, overlaps) as :func:`generic_blocks`."""
+    scores = [r for r in records if r["method"] != "summary"]
+    summaries = [r for r in records if r["method"] == "summary"]
+    budgets = {(r["model"], *(r["metrics"].get(n) for n in ATTENTION_BUDGET)): r for r in scores}
+    shared = len(budgets) == len(by_model(scores))
+    budget = (narrow_blocks(["model", *ATTENTION_BUDGET], [list(key) for key in budgets], same_for="every model")
+              if shared else scalar_blocks(scores, ATTENTION_BUDGET))
+    return [*scalar_blocks(scores, ATTENTION_SCORES), *budget, *generic_blocks(summaries)]
 
 
 def generic_blocks(records: Sequence[dict]) -> list[Block]:
@@ -298,6 +347,8 @@ SECTION_COLUMNS = {
 
 SECTIONS: dict[str, Callable[[Sequence[dict]], list[Block]]] = {
     "ablation": ablation_blocks,
+    "attention": attention_blocks,
+    "knockout": knockout_blocks,
     "calibration": calibration_blocks,
     "perplexity": lambda records: scalar_blocks(records, SECTION_COLUMNS["perplexity"]),
 }

@@ -158,3 +158,57 @@ def test_ablation_chart_of_a_replayed_run_without_controls(tmp_path):
     replayed["figures"] = {"ablation": {"condition": "pruning"}}
     (chart,) = FIGURES["ablation"]([replayed], tmp_path)
     assert chart.name == "ablation.png" and chart.stat().st_size > 0
+
+
+def test_an_ablation_that_removes_nothing_gets_a_sentence_not_a_row_of_nan():
+    blocks = ablation_blocks([r for r in RECORDS if r["analysis"] == "ablation"])
+    (table,) = [b for b in blocks if isinstance(b, Table)]
+    assert [row[:3] for row in table.rows] == [["a", "pruning", "zero"], ["a", "pruning", "mean"],
+                                               ["b", "pruning", "zero"]]
+    assert "nan" not in to_markdown([table])
+    assert any(isinstance(b, Paragraph) and b.text == "Nothing to ablate (no units found), so no row: b: pruning."
+               for b in blocks)
+
+
+def knockout(model: str, condition: str, pairs: int, z: float, rel: float) -> dict:
+    return record(model, "knockout", condition, {
+        "condition": condition, "pairs_per_window": pairs, "ppl": 100.0 * (1 + rel), "baseline_ppl": 100.0,
+        "ppl_delta_rel": rel, "control_ppl_mean": 100.5 + rel, "control_ppl_std": 0.25 + rel, "control_ppls": [100.25, 100.75], "z": z,
+        "target_prob": 0.25 + rel, "baseline_target_prob": 0.5, "control_target_prob_mean": 0.4 + rel,
+        "control_target_prob_std": 0.05, "control_target_probs": [0.35, 0.45], "z_target_prob": -3.0 + rel,
+        "n_windows": 16, "tokens_scored": 2048, "n_targets": 16}, neuron_type="head")
+
+
+def test_knockout_section_pairs_each_measure_with_its_random_knockouts_in_few_columns():
+    blocks = analysis_blocks([knockout("a", "last<-previous:4", 4, 2.0, 0.01),
+                              knockout("a", "all<-first:4", 502, -1.0, 0.2)])
+    (table,) = [b for b in blocks if isinstance(b, Table)]
+    assert len(table.headers) <= 9
+    row = dict(zip(table.headers, table.rows[0]))
+    assert row["knockout (pairs / window)"] == "last<-previous:4 (4 pairs)" and row["Δppl"] == "+1 %"
+    assert row["random knockouts ppl"] == "101 ± 0.26" and row["z"] == "2*"
+    assert row["target prob (unablated)"] == "0.26 (0.5)" and row["random knockouts target prob"] == "0.41 ± 0.05"
+    assert row["z (target prob)"] == "-2.99*"
+    assert any(isinstance(b, Paragraph) and b.text == "Same for every row: windows 16; tokens scored 2,048."
+               for b in blocks)
+
+
+def attention(model: str, method: str, elapsed: float, score: float = 2.0) -> dict:
+    metrics = {"n_units": 16, "top_score": score, "mean_score": score / 2, "n_tokens": 512, "windows_offered": 40,
+               "windows_scored": 4, "estimated_s_per_window": 0.5, "elapsed_s": elapsed, "time_budget_s": 30.0,
+               "stopped_by": "time budget"}
+    return record(model, "attention", method, metrics, neuron_type="head")
+
+
+def test_attention_section_gives_each_scoring_pass_one_row_per_model():
+    summary = record("a", "attention", "summary", {"n_units": 16, "mean_distance": 3.0, "mean_entropy": 1.5},
+                     neuron_type="head")
+    shared = [attention("a", "attention_weighted", 5.0, 2.0), attention("a", "rollout", 5.0, 0.5),
+              attention("b", "attention_weighted", 7.0, 3.0), attention("b", "rollout", 7.0, 0.25), summary]
+    scores, budget, *rest = [b for b in analysis_blocks(shared) if isinstance(b, Table)]
+    assert scores.headers == ["model", "case", "top_score", "mean_score"] and len(scores.rows) == 4
+    assert budget.headers == ["model", "elapsed_s"] and budget.rows == [["a", 5.0], ["b", 7.0]]
+    assert rest and "mean_distance" in rest[0].headers
+    differing = analysis_blocks([attention("a", "attention_weighted", 5.0), attention("a", "rollout", 6.0)])
+    budgets = [b for b in differing if isinstance(b, Table) and "elapsed_s" in b.headers]
+    assert len(budgets) == 1 and len(budgets[0].rows) == 2 and "case" in budgets[0].headers
