@@ -135,15 +135,17 @@ def attention_panels(records: list[dict], plots: Path) -> list[Path]:
         axes[0, 1].barh(labels[::-1], weighted[order][::-1])
         axes[0, 1].set(title=f"top {data['unit']}s", xlabel="attention_weighted")
         axes[0, 1].ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
-        axes[0, 2].scatter(weighted, guided, s=8, c=frame["layer"], cmap="viridis")
+        by_layer = axes[0, 2].scatter(weighted, guided, s=8, c=frame["layer"], cmap="viridis")
         axes[0, 2].set(title="activation vs importance", xlabel="attention_weighted", ylabel="gradient_guided")
+        axes[0, 2].legend(*by_layer.legend_elements(), title="layer", fontsize=7, title_fontsize=8)
         heat = data["heatmap"]
         sns.heatmap(np.asarray(heat["values"]), ax=axes[1, 0], cmap="magma", cbar=True, xticklabels=False,
                     yticklabels=False)
         axes[1, 0].set(title=f"attention of L{heat['layer']}.{heat['unit']}", xlabel="key", ylabel="query")
-        axes[1, 1].scatter(frame["distance"], frame["entropy"], s=8, c=frame["layer"], cmap="viridis")
+        by_layer = axes[1, 1].scatter(frame["distance"], frame["entropy"], s=8, c=frame["layer"], cmap="viridis")
         axes[1, 1].set(title="diversity: distance vs entropy", xlabel="mean distance (tokens)",
                        ylabel="entropy (nats)")
+        axes[1, 1].legend(*by_layer.legend_elements(), title="layer", fontsize=7, title_fontsize=8)
         diversity = data["diversity"]
         lines = [f"{method}: {len(v['per_layer'])} layers, mean distance {v['mean_distance'] or float('nan'):.2f}"
                  for method, v in diversity["methods"].items()]

@@ -212,3 +212,23 @@ def test_attention_section_gives_each_scoring_pass_one_row_per_model():
     differing = analysis_blocks([attention("a", "attention_weighted", 5.0), attention("a", "rollout", 6.0)])
     budgets = [b for b in differing if isinstance(b, Table) and "elapsed_s" in b.headers]
     assert len(budgets) == 1 and len(budgets[0].rows) == 2 and "case" in budgets[0].headers
+
+
+def test_attention_figure_names_the_layer_of_each_colour(tmp_path, monkeypatch):
+    frame = {"attention_weighted": [0.1, 0.2, 0.3, 0.4], "gradient_guided": [0.4, 0.3, 0.2, 0.1],
+             "layer": [0, 0, 1, 1], "unit": [0, 1, 0, 1], "distance": [1.0, 2.0, 3.0, 4.0],
+             "entropy": [0.5, 1.0, 1.5, 2.0]}
+    data = {"frame": frame, "unit": "head", "heatmap": {"values": [[1.0, 0.0], [0.5, 0.5]], "layer": 1, "unit": 1},
+            "diversity": {"methods": {"attention_weighted": {"per_layer": [1, 2], "mean_distance": 2.5}},
+                          "overlap": {"attention_weighted|rollout": 0.5}}}
+    saved = []
+    monkeypatch.setattr("neuronbench.figures.save", lambda fig, path: saved.append(fig) or path)
+    FIGURES["attention"]([record("m", "attention", "attention_weighted", {}, figures={"attention": data})], tmp_path)
+    (fig,) = saved
+    scatters = [ax for ax in fig.axes if ax.get_title() in ("activation vs importance", "diversity: distance vs entropy")]
+    assert len(scatters) == 2
+    for ax in scatters:
+        legend = ax.get_legend()
+        assert legend is not None and legend.get_title().get_text() == "layer"
+        assert ["".join(filter(str.isdigit, t.get_text())) for t in legend.get_texts()] == ["0", "1"]
+    plt.close(fig)
