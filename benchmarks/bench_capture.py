@@ -248,7 +248,10 @@ class OwnTime:
     result), by the same clock as the pairs, while :meth:`measuring`: the capture's own cost,
     free of the forward pass's share of the run-to-run noise."""
 
-    METHODS = ("start_batch", "receive", "end_batch", "result")
+    METHODS = ("prepare_batch", "begin_batch", "receive", "end_batch", "result")
+    """The collector's entry points (``start_batch`` is ``prepare_batch`` then ``begin_batch``). On
+    a GPU ``prepare_batch`` runs while the device computes the previous batch, so its time counts
+    here although it may not lengthen the capture."""
 
     def __init__(self, now: Callable[[], float], settle: Callable[[], None] = lambda: None) -> None:
         self.now, self.settle, self.seconds = now, settle, 0.0

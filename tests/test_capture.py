@@ -211,6 +211,28 @@ def test_padding_never_counts(toy_model_dir):
                                        rtol=1e-5, atol=1e-7)
 
 
+def test_the_next_batch_is_prepared_while_the_current_one_runs(toy_model_dir, monkeypatch):
+    """The host prepares batch i + 1 after batch i's forward pass is queued and before its
+    ``end_batch`` waits for it (on a GPU: while the device computes); batch i + 1 begins after."""
+    loaded = load_model(str(toy_model_dir("gpt2")), device="cpu", dtype="float32")
+    windows = padded_windows(loaded.model.config.vocab_size, n_full=5, tail=3)
+    calls: list[str] = []
+
+    def logged(name: str):
+        original = getattr(StatisticsCollector, name)
+        return lambda self, *args, **kwargs: calls.append(name) or original(self, *args, **kwargs)
+
+    for name in ("prepare_batch", "begin_batch", "end_batch"):
+        monkeypatch.setattr(StatisticsCollector, name, logged(name))
+    loaded.model.base_model.register_forward_pre_hook(lambda module, args: calls.append("forward"))
+    # (the layer scales' sample pass of GPT-2's relative rule runs before the first batch is prepared)
+    stats = capture_statistics(loaded.model, loaded.adapter, windows, CaptureConfig(batch_size=2), progress=False)
+    assert calls[calls.index("prepare_batch"):] == ["prepare_batch", "begin_batch", "forward", "prepare_batch", "end_batch",
+                     "begin_batch", "forward", "prepare_batch", "end_batch",
+                     "begin_batch", "forward", "end_batch"]
+    assert stats.n_tokens == windows.n_tokens
+
+
 def test_selected_layers_only_and_range_error(toy_model_dir):
     loaded = load_model(str(toy_model_dir("mamba")), device="cpu", dtype="float32")
     windows = padded_windows(loaded.model.config.vocab_size, n_full=2, tail=3)

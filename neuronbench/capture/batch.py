@@ -122,8 +122,9 @@ class BatchContext:
     the kept positions split by count tier (``parts``); for trigrams the flat indices ``trigram``
     of the trigram positions and ``outside`` of the real positions that are not trigram positions,
     and the id of each trigram position's trigram (``trigram_ids``, in the order of ``trigram``).
-    All of it is computed on the host, from the batch before it is moved to the device, so
-    preparing a batch reads nothing back from a GPU.
+    All of it is computed on the host, from the batch before it is moved to the device
+    (:meth:`to`), so preparing a batch reads nothing back from a GPU and can run while the device
+    still computes the previous batch.
     """
 
     real: torch.Tensor
@@ -141,15 +142,26 @@ class BatchContext:
         """The context of a batch with real positions ``real [B, T]`` (bool), read on the host and
         held on ``device`` (default: where ``real`` lies)."""
         host = real.cpu()
-        device = real.device if device is None else device
-        rows = None if bool(host.all()) else host.flatten().nonzero().flatten().to(device)
-        context = cls(real=real.to(device), lengths=host.sum(dim=1).tolist(), rows=rows)
+        rows = None if bool(host.all()) else host.flatten().nonzero().flatten()
+        context = cls(real=host, lengths=host.sum(dim=1).tolist(), rows=rows)
         segments = context.segments
         sizes = torch.tensor([size for _, size, _ in segments], dtype=torch.float64)
-        context.segment_sizes = sizes.view(-1, 1).to(device)
+        context.segment_sizes = sizes.view(-1, 1)
         context.full_segments = torch.tensor([i for i, (_, _, whole) in enumerate(segments) if whole],
-                                             dtype=torch.int64).to(device)
-        return context
+                                             dtype=torch.int64)
+        return context.to(real.device if device is None else device)
+
+    def to(self, device: torch.device) -> BatchContext:
+        """This context with its tensors on ``device`` (itself when they are there already); the
+        host-side ``lengths`` and ``trigram_ids`` are shared."""
+        if self.real.device == torch.device(device):
+            return self
+        def moved(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device)
+        return BatchContext(real=self.real.to(device), lengths=self.lengths, rows=moved(self.rows),
+                            segment_sizes=moved(self.segment_sizes), full_segments=moved(self.full_segments),
+                            parts=None if self.parts is None else [part.to(device) for part in self.parts],
+                            trigram=moved(self.trigram), outside=moved(self.outside), trigram_ids=self.trigram_ids)
 
     @cached_property
     def n_full(self) -> int:
