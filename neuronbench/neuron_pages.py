@@ -9,6 +9,7 @@ them from its "Neuron pages" table.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -48,7 +49,11 @@ def page_blocks(model: str, page: dict, out: Path) -> list[Block]:
     blocks: list[Block] = [Heading(f"{model}: layer {layer}, neuron {neuron}", 1),
                            Paragraph(("Back to the ", Link("report", "../../report.md"), "."))]
     rows = [[source, score["score"], score["value"], _reason(page, source)] for source, score in page["scores"].items()]
+    uncounted = [score["score"] for score in page["scores"].values() if not math.isfinite(float(score["value"]))]
     blocks += [Table(["detector", "score", "value", "page because"], rows),
+               *([Paragraph(f"{', '.join(uncounted)} inf: more than the detector counts (a trigram count of inf: more "
+                            "trigrams than its maximum would be needed to cover the neuron's activations).")]
+                 if uncounted else []),
                Paragraph(f"Activation frequency {fmt(page['freq'])}, mean activation {fmt(page['mean'])}, "
                          f"max {fmt(page['max'])}.")]
     if "ablated_alone" in page:

@@ -232,3 +232,14 @@ def test_attention_figure_names_the_layer_of_each_colour(tmp_path, monkeypatch):
         assert legend is not None and legend.get_title().get_text() == "layer"
         assert ["".join(filter(str.isdigit, t.get_text())) for t in legend.get_texts()] == ["0", "1"]
     plt.close(fig)
+
+
+def test_a_neuron_page_explains_an_uncounted_trigram_score(tmp_path):
+    page = {"layer": 0, "neuron": 1, "reasons": [{"source": "trigram", "reported": False}],
+            "scores": {"trigram": {"score": "trigram_count", "value": "inf"}, "dead": {"score": "freq", "value": 0.5}},
+            "freq": 0.5, "mean": 0.1, "max": 1.0, "covered": {}, "profile": [], "contexts": []}
+    texts = [b.text for b in page_blocks("m", page, tmp_path) if isinstance(b, Paragraph)]
+    assert any(isinstance(t, str) and t.startswith("trigram_count inf: more than the detector counts") for t in texts)
+    page["scores"]["trigram"]["value"] = 3.0
+    texts = [b.text for b in page_blocks("m", page, tmp_path) if isinstance(b, Paragraph)]
+    assert not any(isinstance(t, str) and "inf:" in t for t in texts)
