@@ -106,10 +106,14 @@ def ablation_chart(records: list[dict], plots: Path) -> list[Output]:
         ctrl = np.array([r["metrics"]["control_ppl_mean"] for r in chosen], dtype=float) / base - 1
         err = np.array([r["metrics"]["control_ppl_std"] for r in chosen], dtype=float) / base
         x = np.arange(len(names))
-        ax.bar(x - 0.2, 100 * cond, width=0.4, label="condition")
+        bars = [ax.bar(x - 0.2, 100 * cond, width=0.4, label="condition")]
         controlled = bool(np.isfinite(ctrl).any())  # a run with --seeds 0 has no random controls
         if controlled:
-            ax.bar(x + 0.2, 100 * ctrl, width=0.4, yerr=100 * err, capsize=3, label="random control (mean ± std)")
+            bars.append(ax.bar(x + 0.2, 100 * ctrl, width=0.4, yerr=100 * err, capsize=3,
+                               label="random control (mean ± std)"))
+        for container in bars:  # the value on each bar: a small one stays readable beside a large one
+            ax.bar_label(container, labels=[f"{v:+.3g}" for v in container.datavalues], fontsize=7, padding=2)
+        ax.margins(y=0.15)
         ax.set_xticks(x, names, rotation=20, ha="right")
         ax.set_ylabel("Δ perplexity (%)")
         ax.set_title(f"{model}: {mode}-ablation" + ("" if controlled else " (no random controls: --seeds 0)"))

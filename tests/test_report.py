@@ -243,3 +243,16 @@ def test_a_neuron_page_explains_an_uncounted_trigram_score(tmp_path):
     page["scores"]["trigram"]["value"] = 3.0
     texts = [b.text for b in page_blocks("m", page, tmp_path) if isinstance(b, Paragraph)]
     assert not any(isinstance(t, str) and "inf:" in t for t in texts)
+
+
+def test_ablation_bars_carry_their_values(tmp_path, monkeypatch):
+    chosen = [ablation("a", "pruning", "zero", 0.0002, 1.0), ablation("a", "attention", "zero", 1.77, 5.0)]
+    for r in chosen:
+        r["figures"] = {"ablation": {"condition": r["neuron_type"]}}
+    saved = []
+    monkeypatch.setattr("neuronbench.figures.save", lambda fig, path: saved.append(fig) or path)
+    FIGURES["ablation"](chosen, tmp_path)
+    (fig,) = saved
+    labels = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {"+0.02", "+177", "+0"} <= labels  # the small condition stays readable beside the large one
+    plt.close(fig)
