@@ -11,11 +11,13 @@ arrays (``token_ids``, ``token_occurrences``), a JSON ``metadata`` entry and a J
 entry: the key the file was made for and the SHA-256 of every other entry (name, dtype, shape and
 bytes, in name order). :func:`load_statistics` recomputes it, so a truncated, bit-flipped or
 edited file, or one made for another key, raises :class:`CacheError` naming the path; it is
-never used.
+never used. The key names the code as well as the inputs (:func:`capture_source_hash`):
+statistics computed by other capture code never load, whatever the version number says.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -32,6 +34,31 @@ import numpy as np
 
 from neuronbench.capture import ActivationStatistics
 from neuronbench.errors import CacheError, ConfigError
+
+PACKAGE = Path(__file__).resolve().parent
+CAPTURE_SOURCES = ("capture", "adapters", "activation.py", "batching.py", "data.py", "models.py", "names.py")
+"""The sources of the package (paths relative to it; a folder: its ``.py`` and ``.c`` files) that
+decide what a capture computes: which model is loaded and how, which tensor is read, how the
+tokens are windowed, what is counted."""
+
+
+@functools.cache
+def capture_source_hash(root: Path = PACKAGE, sources: tuple[str, ...] = CAPTURE_SOURCES) -> str:
+    """SHA-256 (16 hex digits) over the relative path and bytes of every file of ``sources`` under
+    ``root``, in path order: part of every disk-cache key, so an edit of the capture's code (a fix
+    that changes a count, say, in a checkout whose version number stays) is never served the
+    statistics of the code before it. A listed source that does not exist raises
+    :class:`ConfigError` (the list is out of date)."""
+    digest = hashlib.sha256()
+    for source in sources:
+        path = root / source
+        if not path.exists():
+            raise ConfigError(f"capture source {path} does not exist: update neuronbench.storage.CAPTURE_SOURCES")
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".py", ".c")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
 
 GLOBAL_ARRAYS = ActivationStatistics.GLOBAL_ARRAYS
 FORMAT = ("neuronbench-statistics", 4, tuple(f.name for f in fields(ActivationStatistics)))

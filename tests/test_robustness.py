@@ -43,6 +43,9 @@ from neuronbench.errors import (
 )
 from neuronbench.models import check_tokenizer
 from neuronbench.storage import (
+    CAPTURE_SOURCES,
+    PACKAGE,
+    capture_source_hash,
     content_sha256,
     ensure_writable_dir,
     load_statistics,
@@ -355,6 +358,31 @@ def test_corrupt_caches_are_reported_with_their_path_and_recomputed(broken_model
     hit = _cached_workspace(broken_models["good"], tmp_path / "cache")
     hit.stats
     assert hit.cache_hit is True
+
+
+def test_the_cache_key_names_the_capture_code(tmp_path, monkeypatch):
+    """Statistics made by other capture code are not served, whatever the version says: an edit of
+    a capture source changes its hash, and the hash is part of the key."""
+    (tmp_path / "capture").mkdir()
+    (tmp_path / "capture" / "rows.c").write_text("int x;")
+    (tmp_path / "capture" / "notes.txt").write_text("not code")
+    (tmp_path / "names.py").write_text("A = 1")
+    sources = ("capture", "names.py")
+    before = capture_source_hash(tmp_path, sources)
+    (tmp_path / "capture" / "notes.txt").write_text("still not code")
+    assert capture_source_hash.__wrapped__(tmp_path, sources) == before
+    (tmp_path / "capture" / "rows.c").write_text("int y;")
+    assert capture_source_hash.__wrapped__(tmp_path, sources) != before
+    with pytest.raises(ConfigError, match="gone.py does not exist"):
+        capture_source_hash(tmp_path, ("gone.py",))
+    assert len(capture_source_hash(PACKAGE, CAPTURE_SOURCES)) == 16  # every listed source exists
+
+    workspace = ModelWorkspace("tiny-gpt2", run_config_from({"cache_dir": str(tmp_path), "device": "cpu"}))
+    monkeypatch.setattr(ModelWorkspace, "capture_config", CaptureConfig())
+    monkeypatch.setattr("fixtures.workspace.capture_source_hash", lambda: "code A")
+    first = workspace.cache_key()
+    monkeypatch.setattr("fixtures.workspace.capture_source_hash", lambda: "code B")
+    assert workspace.cache_key() != first
 
 
 def test_stray_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
