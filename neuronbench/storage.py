@@ -11,7 +11,7 @@ arrays (``token_ids``, ``token_occurrences``), a JSON ``metadata`` entry and a J
 entry: the key the file was made for and the SHA-256 of every other entry (name, dtype, shape and
 bytes, in name order). :func:`load_statistics` recomputes it, so a truncated, bit-flipped or
 edited file, or one made for another key, raises :class:`CacheError` naming the path; it is
-never used. The key names the code as well as the inputs (:func:`capture_source_hash`):
+never used. The key names the code as well as the inputs (:func:`source_hash`):
 statistics computed by other capture code never load, whatever the version number says.
 """
 
@@ -43,11 +43,12 @@ tokens are windowed, what is counted."""
 
 
 @functools.cache
-def capture_source_hash(root: Path = PACKAGE, sources: tuple[str, ...] = CAPTURE_SOURCES) -> str:
+def source_hash(root: Path = PACKAGE, sources: tuple[str, ...] = CAPTURE_SOURCES) -> str:
     """SHA-256 (16 hex digits) over the relative path and bytes of every file of ``sources`` under
-    ``root``, in path order: part of every disk-cache key, so an edit of the capture's code (a fix
-    that changes a count, say, in a checkout whose version number stays) is never served the
-    statistics of the code before it. A listed source that does not exist raises
+    ``root``, in path order. Of :data:`CAPTURE_SOURCES` it is part of every disk-cache key, so an
+    edit of the capture's code (a fix that changes a count, say, in a checkout whose version number
+    stays) is never served the statistics of the code before it; of the whole package (``(".",)``)
+    it names the code of a run in its records. A listed source that does not exist raises
     :class:`ConfigError` (the list is out of date)."""
     digest = hashlib.sha256()
     for source in sources:

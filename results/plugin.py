@@ -20,7 +20,7 @@ import pytest
 from fixtures.plugin import RUN_CONFIG, runs_suite
 from fixtures.workspace import ModelWorkspace, safe_name
 from neuronbench.errors import NeuronbenchError
-from neuronbench.storage import ensure_writable_dir, remove_stale_temporaries
+from neuronbench.storage import PACKAGE, ensure_writable_dir, remove_stale_temporaries, source_hash
 from results import outputs
 from results.lock import RunLock
 from results.summary import sampling_notes, summary_table
@@ -33,7 +33,11 @@ PACKAGES = ("neuronbench", "torch", "transformers", "datasets", "numpy", "pytest
 
 
 def library_versions() -> dict[str, str]:
-    return {"python": platform.python_version(), **{name: version(name) for name in PACKAGES}}
+    """The interpreter's and libraries' versions, and ``neuronbench source``: the SHA-256 of the
+    package's code (:func:`neuronbench.storage.source_hash`), which names the code of a run where
+    the version number does not (an edited checkout)."""
+    return {"python": platform.python_version(), **{name: version(name) for name in PACKAGES},
+            "neuronbench source": source_hash(PACKAGE, (".",))}
 
 
 class Recorder:

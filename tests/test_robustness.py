@@ -45,7 +45,7 @@ from neuronbench.models import check_tokenizer
 from neuronbench.storage import (
     CAPTURE_SOURCES,
     PACKAGE,
-    capture_source_hash,
+    source_hash,
     content_sha256,
     ensure_writable_dir,
     load_statistics,
@@ -53,7 +53,7 @@ from neuronbench.storage import (
     save_statistics,
 )
 from results.lock import RunLock
-from results.plugin import open_out
+from results.plugin import library_versions, open_out
 from suite_run import SuiteRun, run_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -368,20 +368,21 @@ def test_the_cache_key_names_the_capture_code(tmp_path, monkeypatch):
     (tmp_path / "capture" / "notes.txt").write_text("not code")
     (tmp_path / "names.py").write_text("A = 1")
     sources = ("capture", "names.py")
-    before = capture_source_hash(tmp_path, sources)
+    before = source_hash(tmp_path, sources)
     (tmp_path / "capture" / "notes.txt").write_text("still not code")
-    assert capture_source_hash.__wrapped__(tmp_path, sources) == before
+    assert source_hash.__wrapped__(tmp_path, sources) == before
     (tmp_path / "capture" / "rows.c").write_text("int y;")
-    assert capture_source_hash.__wrapped__(tmp_path, sources) != before
+    assert source_hash.__wrapped__(tmp_path, sources) != before
     with pytest.raises(ConfigError, match="gone.py does not exist"):
-        capture_source_hash(tmp_path, ("gone.py",))
-    assert len(capture_source_hash(PACKAGE, CAPTURE_SOURCES)) == 16  # every listed source exists
+        source_hash(tmp_path, ("gone.py",))
+    assert len(source_hash(PACKAGE, CAPTURE_SOURCES)) == 16  # every listed source exists
+    assert library_versions()["neuronbench source"] == source_hash(PACKAGE, (".",)) != source_hash()
 
     workspace = ModelWorkspace("tiny-gpt2", run_config_from({"cache_dir": str(tmp_path), "device": "cpu"}))
     monkeypatch.setattr(ModelWorkspace, "capture_config", CaptureConfig())
-    monkeypatch.setattr("fixtures.workspace.capture_source_hash", lambda: "code A")
+    monkeypatch.setattr("fixtures.workspace.source_hash", lambda: "code A")
     first = workspace.cache_key()
-    monkeypatch.setattr("fixtures.workspace.capture_source_hash", lambda: "code B")
+    monkeypatch.setattr("fixtures.workspace.source_hash", lambda: "code B")
     assert workspace.cache_key() != first
 
 
