@@ -10,7 +10,8 @@
   moves no count and no float beyond these tolerances on the same data.
 * ``syncs``: the host synchronisations of a capture on CUDA (``torch.cuda.set_sync_debug_mode``),
   counted inside the collector's hooks (while the forward pass runs: expected none for the
-  default statistics, top-k and exact trigram tables) and in all, per batch, for toy GPT-2 and
+  default statistics, top-k and exact trigram tables), in the next batch's host preparation
+  (``prepare_batch``, which runs while the device computes: expected none) and in all, per batch, for toy GPT-2 and
   Mamba with full windows and with a padded last window; then the time of top-k's two merges of
   a full state on the GPU (:data:`TOPK_BATCH` activations, k = 20, CUDA-synchronised wall time):
   the dense merge that a GPU runs (no host read) against the sparse merge that reads its
@@ -107,18 +108,24 @@ def check_syncs(root: Path) -> str:
     for family in ("gpt2", "mamba"):
         loaded = load_model(str(build_toy_model(family, root / f"syncs-{family}")), device=DEVICE, dtype="float32")
         data = windows(300, 12, 64)
-        counted = {"hooks": 0, "all": 0}
-        receive = StatisticsCollector.receive
+        watched = {"receive": "hooks", "prepare_batch": "preparation"}
+        originals = {method: getattr(StatisticsCollector, method) for method in watched}
+        counted = {"hooks": 0, "preparation": 0, "all": 0}
 
         def synchronisations() -> int:
             return sum("synchroniz" in str(warning.message) for warning in caught)
 
-        def counting_receive(self, name, tensor, *, seen=counted):
-            before = synchronisations()
-            receive(self, name, tensor)
-            seen["hooks"] += synchronisations() - before
+        def counting(method: str):
+            def run(self, *args, **kwargs):
+                before = synchronisations()
+                try:
+                    return originals[method](self, *args, **kwargs)
+                finally:
+                    counted[watched[method]] += synchronisations() - before
+            return run
 
-        StatisticsCollector.receive = counting_receive
+        for method in watched:
+            setattr(StatisticsCollector, method, counting(method))
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -127,11 +134,14 @@ def check_syncs(root: Path) -> str:
                 capture_statistics(loaded.model, loaded.adapter, data, config, progress=False)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-            StatisticsCollector.receive = receive
+            for method, original in originals.items():
+                setattr(StatisticsCollector, method, original)
         counted["all"] = synchronisations()
         batches = -(-data.input_ids.shape[0] // 4)
-        notes.append(f"{family}: {counted['hooks']} in the hooks, {counted['all'] / batches:.1f} per batch in all")
-        assert counted["hooks"] == 0, f"{family}: {counted['hooks']} synchronisations inside the hooks"
+        notes.append(f"{family}: {counted['hooks']} in the hooks, {counted['preparation']} in the preparation, "
+                     f"{counted['all'] / batches:.1f} per batch in all")
+        for where in ("hooks", "preparation"):
+            assert counted[where] == 0, f"{family}: {counted[where]} synchronisations inside the {where}"
     merges = {merge: topk_merge_ms(merge == "sparse") for merge in ("dense", "sparse")}
     return "syncs " + "; ".join(notes) + "; top-k merge of {} x {} x {}: ".format(*TOPK_BATCH) + ", ".join(
         f"{merge} {ms:.2f} ms" for merge, ms in merges.items())

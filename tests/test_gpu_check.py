@@ -45,8 +45,8 @@ def test_the_sync_check_counts_synchronisations_inside_the_hooks(gpu_check, tmp_
     monkeypatch.setattr(TopActivations, "_merge_dense", lambda *a: merges.append("dense") or merge_dense(*a))
     monkeypatch.setattr(TopActivations, "_merge_above", lambda *a: merges.append("sparse") or merge_above(*a))
     line = gpu_check.check_syncs(tmp_path / "quiet")
-    assert re.fullmatch(r"syncs gpt2: 0 in the hooks, 0\.0 per batch in all; mamba: 0 in the hooks, 0\.0 per batch "
-                        r"in all; top-k merge of 2 x 16 x 8: dense \d+\.\d\d ms, sparse \d+\.\d\d ms", line), line
+    assert re.fullmatch(r"syncs gpt2: 0 in the hooks, 0 in the preparation, 0\.0 per batch in all; mamba: 0 in the "
+                        r"hooks, 0 in the preparation, 0\.0 per batch in all; top-k merge of 2 x 16 x 8: dense \d+\.\d\d ms, sparse \d+\.\d\d ms", line), line
     assert merges[-8:] == ["dense"] * 4 + ["dense"] + ["sparse"] * 3  # each timing's fill, then its merge
     assert gpu_check.capture_batch.HOST_READ_DEVICES == frozenset()  # restored
     receive = StatisticsCollector.receive
@@ -58,6 +58,17 @@ def test_the_sync_check_counts_synchronisations_inside_the_hooks(gpu_check, tmp_
     monkeypatch.setattr(StatisticsCollector, "receive", synchronising)
     with pytest.raises(AssertionError, match="gpt2: 6 synchronisations inside the hooks"):  # 3 batches × 2 layers
         gpu_check.check_syncs(tmp_path / "noisy")
+    assert StatisticsCollector.receive is synchronising  # restored
+    monkeypatch.setattr(StatisticsCollector, "receive", receive)
+    prepare = StatisticsCollector.prepare_batch
+
+    def synchronising_preparation(self, *args):
+        warnings.warn("called a synchronizing CUDA operation", UserWarning)
+        return prepare(self, *args)
+
+    monkeypatch.setattr(StatisticsCollector, "prepare_batch", synchronising_preparation)
+    with pytest.raises(AssertionError, match="gpt2: 3 synchronisations inside the preparation"):  # 3 batches
+        gpu_check.check_syncs(tmp_path / "noisy preparation")
 
 
 def test_the_out_of_memory_check_backs_off_and_captures(gpu_check, tmp_path, monkeypatch):
