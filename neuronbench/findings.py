@@ -329,9 +329,9 @@ def attention_blocks(records: Sequence[dict]) -> list[Block]:
     (diversity, overlaps) as :func:`generic_blocks`."""
     scores = [r for r in records if r["method"] != "summary"]
     summaries = [r for r in records if r["method"] == "summary"]
-    budgets = {(r["model"], *(r["metrics"].get(n) for n in ATTENTION_BUDGET)): r for r in scores}
+    budgets = list(dict.fromkeys((r["model"], *(r["metrics"].get(n) for n in ATTENTION_BUDGET)) for r in scores))
     shared = len(budgets) == len(by_model(scores))
-    budget = (narrow_blocks(["model", *ATTENTION_BUDGET], [list(key) for key in budgets], same_for="every model")
+    budget = (narrow_blocks(["model", *ATTENTION_BUDGET], [list(row) for row in budgets], same_for="every model")
               if shared else scalar_blocks(scores, ATTENTION_BUDGET))
     return [*scalar_blocks(scores, ATTENTION_SCORES), *budget, *generic_blocks(summaries)]
 

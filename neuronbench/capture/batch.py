@@ -156,6 +156,7 @@ class BatchContext:
         host-side ``lengths`` and ``trigram_ids`` are shared."""
         if self.real.device == torch.device(device):
             return self
+
         def moved(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor.to(device)
         return BatchContext(real=self.real.to(device), lengths=self.lengths, rows=moved(self.rows),
