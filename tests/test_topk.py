@@ -22,8 +22,7 @@ WINDOW, BATCH = 16, 3
 @pytest.fixture(autouse=True, params=["C pass", "CPU without C", "GPU code path"])
 def merge_path(request, monkeypatch):
     """Every test runs on every merge: the C pass (``native.merge_top_rows``); on a CPU without a
-    compiler, the dense merge until k values are held and then the sparse one; the dense merge
-    alone, which a GPU runs (the ``gpu_code_path`` fixture)."""
+    compiler, the sparse merge; the dense merge, which a GPU runs (the ``gpu_code_path`` fixture)."""
     if request.param == "CPU without C":
         monkeypatch.setattr(native, "library", lambda: None)
     elif request.param == "GPU code path":
@@ -105,6 +104,32 @@ def test_ties_are_broken_by_lowest_position_whatever_the_batching(batch):
     np.testing.assert_array_equal(top["topk_values"], values)
     np.testing.assert_array_equal(top["topk_positions"], positions)
     np.testing.assert_array_equal(top["topk_positions"][:, 4], np.arange(k))
+
+
+def test_random_ties_padding_and_batchings_equal_brute_force():
+    """Many shapes at once: k above and below a batch's real rows (a state filled over several
+    batches, or by one), padding anywhere, values from {-2, …, 2}: every merge keeps the brute-force
+    sort's first k."""
+    generator = torch.Generator().manual_seed(7)
+    for _ in range(60):
+        n_windows, window, batch = (int(torch.randint(low, high, (), generator=generator))
+                                    for low, high in ((1, 7), (1, 5), (1, 4)))
+        real = torch.rand(n_windows, window, generator=generator) > 0.25
+        real[0, 0] = True
+        k = int(torch.randint(1, int(real.sum()) + 1, (), generator=generator))
+        acts = torch.randint(-2, 3, (n_windows, window, 3), generator=generator).float()
+        collector = StatisticsCollector(NeuronLayout(num_layers=1, width=3),
+                                        CaptureConfig(positional=False, token_counts=False, trigrams=False,
+                                                      top_activations=k), window=window, vocab_size=10,
+                                        device=torch.device("cpu"))
+        ids = torch.zeros(n_windows, window, dtype=torch.long)
+        for start in range(0, n_windows, batch):
+            part = slice(start, start + batch)
+            collector.feed(ids[part], real[part].long(), {act_name(0, NEURONS): acts[part]})
+        top = collector.result().layer(0)
+        values, positions = brute_force_top(acts.flatten(0, 1).numpy(), real.flatten().numpy(), k)
+        np.testing.assert_array_equal(top["topk_values"], values)
+        np.testing.assert_array_equal(top["topk_positions"], positions)
 
 
 def test_ties_keep_exact_values_at_distinct_positions():

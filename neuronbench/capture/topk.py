@@ -25,13 +25,13 @@ positions ordered by ``(value descending, position ascending)``, a brute-force s
   ``key = ordered(a) · 2³² + (2³² − 1 − position)``, where ``ordered`` maps a float32's bits to an
   int32 of the same order (``-0.0`` as ``+0.0``). Keys are distinct, so ``torch.topk`` of the
   batch's keys and then of those with the held ones is the exact order, ties included, with no
-  data-dependent shape. This is the merge on a GPU (a host read would stall the forward's queue)
-  and, on a CPU without the C library, until k values are held. Positions must stay below
-  ``2³²`` (4.29 billion window positions);
-* **the sparse merge** (:meth:`TopActivations._merge_above`), on a CPU without the C library once k
-  values are held: only a batch's values above their neuron's k-th can enter. They are found with
-  one comparison (whose count is read back, free on a CPU) and merged with the held ones by a sort
-  of the few candidates: 8× the dense merge's speed there (``[4096, 3072]`` float32, one thread).
+  data-dependent shape. This is the merge on a GPU (a host read would stall the forward's
+  queue). Positions must stay below ``2³²`` (4.29 billion window positions);
+* **the sparse merge** (:meth:`TopActivations._merge_above`), on a CPU without the C library: only
+  a batch's values that reach the k-th largest of the held and the batch's values together can
+  enter (once k values are held: those above the held k-th). They are found with one comparison
+  (whose count is read back, free on a CPU) and merged with the held ones by a sort of the few
+  candidates: 8× the dense merge's speed on a full state (``[4096, 3072]`` float32, one thread).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class TopActivations:
             return
         if flat.device.type == "cpu" and self._merge_native(flat, positions):
             return
-        if self.values.shape[0] == self.k and reads_freely(flat.device):
+        if reads_freely(flat.device):
             self._merge_above(flat, positions)
         else:
             self._merge_dense(flat, positions)
@@ -95,15 +95,24 @@ class TopActivations:
         return native.merge_top_rows(flat.contiguous(), positions.contiguous(), self.values, self.positions)
 
     def _merge_above(self, flat: torch.Tensor, positions: torch.Tensor) -> None:
-        """Merge a batch into a full state: only values above their column's k-th can enter (an
-        equal one comes later than the held one), so the candidates are the entries of
-        ``flat > k-th``, usually few, sorted with the held ones by (column, value descending,
-        position ascending) and cut at k per column."""
-        rows, columns = (flat > self.values[-1]).nonzero(as_tuple=True)  # row-major: rows ascending
+        """Merge a batch by its candidates, sorted with the held values by (column, value descending,
+        position ascending) and cut at k per column. Into a full state only values above their
+        column's k-th can enter (an equal one comes later than the held one): the candidates are
+        the entries of ``flat > k-th``, usually few. Into a state of fewer than k they are the
+        entries that reach the k-th largest of the held and the batch's values together (ties at it
+        included: their positions decide), every entry when there are no more than k."""
+        held_rows, width = self.values.shape
+        if held_rows == self.k:
+            entering = flat > self.values[-1]
+        elif held_rows + flat.shape[0] > self.k:
+            pooled = torch.cat([self.values, flat]) if held_rows else flat
+            entering = flat >= torch.topk(pooled, self.k, dim=0, sorted=False).values.min(0).values
+        else:
+            entering = torch.ones_like(flat, dtype=torch.bool)
+        rows, columns = entering.nonzero(as_tuple=True)  # row-major: rows ascending
         if rows.numel() == 0:
             return
-        k, width = self.values.shape
-        held = torch.arange(width, device=flat.device).repeat_interleave(k)
+        held = torch.arange(width, device=flat.device).repeat_interleave(held_rows)
         values = torch.cat([self.values.t().reshape(-1), flat[rows, columns]])
         kept = torch.cat([self.positions.t().reshape(-1), positions[rows]])
         owner = torch.cat([held, columns])
@@ -111,7 +120,8 @@ class TopActivations:
         order = by_value[torch.sort(owner[by_value], stable=True).indices]
         counts = torch.bincount(owner, minlength=width)
         first = torch.cumsum(counts, 0) - counts
-        take = order[first[:, None] + torch.arange(k, device=flat.device)]  # [W, k]
+        kept_rows = min(self.k, held_rows + flat.shape[0])  # every column holds at least this many now
+        take = order[first[:, None] + torch.arange(kept_rows, device=flat.device)]  # [W, kept_rows]
         self.values, self.positions = values[take].t().contiguous(), kept[take].t().contiguous()
 
     def _merge_dense(self, flat: torch.Tensor, positions: torch.Tensor) -> None:
